@@ -1,1 +1,125 @@
-fn main() {}
+//! `commucat`: the CommuCat server and its command-line tool.
+//!
+//! Today it manages keys (`keygen`, `pubkey`); `serve` arrives with the data plane.
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use dp_core::Rng;
+use dp_noise::{StaticKeypair, device_id};
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// CommuCat: a secure messaging and real-time media router.
+#[derive(Debug, Parser)]
+#[command(name = "commucat", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Generate a Noise static key pair (X25519). The private key goes to a file readable only
+    /// by its owner (mode 0600); the public key is printed.
+    Keygen {
+        /// Where to write the private key (64 hex digits and a newline).
+        #[arg(long, short, default_value = "commucat.key")]
+        out: PathBuf,
+        /// Replace an existing key file.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Print the public key and device id of a private key file.
+    Pubkey {
+        /// The private key file written by `keygen`.
+        #[arg(long, short, default_value = "commucat.key")]
+        key: PathBuf,
+    },
+}
+
+/// Randomness from the operating system.
+struct OsRng;
+
+impl Rng for OsRng {
+    fn public_fill(&mut self, dest: &mut [u8]) {
+        os_fill(dest);
+    }
+
+    fn private_fill(&mut self, dest: &mut [u8]) {
+        os_fill(dest);
+    }
+}
+
+fn os_fill(dest: &mut [u8]) {
+    // Without OS randomness no key can be made safely: stop rather than go on with weak keys.
+    if let Err(error) = getrandom::getrandom(dest) {
+        eprintln!("error: the operating system gave no randomness: {error}");
+        std::process::exit(70);
+    }
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Command::Keygen { out, force } => keygen(&out, force),
+        Command::Pubkey { key } => pubkey(&key),
+    }
+}
+
+fn keygen(out: &Path, force: bool) -> Result<()> {
+    if out.exists() && !force {
+        bail!(
+            "{} already exists; pass --force to replace it (the old key is lost), or choose \
+             another path with --out",
+            out.display()
+        );
+    }
+    let pair = StaticKeypair::generate(&mut OsRng);
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(out)
+        .with_context(|| format!("cannot create {}", out.display()))?;
+    // `mode` applies only to new files; tighten an existing one too.
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("cannot restrict the permissions of {}", out.display()))?;
+    writeln!(file, "{}", hex::encode(pair.private()))
+        .with_context(|| format!("cannot write {}", out.display()))?;
+    file.sync_all().with_context(|| format!("cannot sync {}", out.display()))?;
+    println!("private key: {} (mode 0600)", out.display());
+    print_public(&pair);
+    Ok(())
+}
+
+fn pubkey(path: &Path) -> Result<()> {
+    let pair = read_key(path)?;
+    print_public(&pair);
+    Ok(())
+}
+
+fn read_key(path: &Path) -> Result<StaticKeypair> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the key file {}", path.display()))?;
+    let bytes = hex::decode(text.trim()).with_context(|| {
+        format!("{} is not a key file: expected 64 hex digits", path.display())
+    })?;
+    let private: [u8; 32] = bytes.try_into().map_err(|bytes: Vec<u8>| {
+        anyhow::anyhow!(
+            "{} holds {} bytes; a key file holds 32 (64 hex digits)",
+            path.display(),
+            bytes.len()
+        )
+    })?;
+    Ok(StaticKeypair::from_private(private))
+}
+
+fn print_public(pair: &StaticKeypair) {
+    println!("public key:  {}", hex::encode(pair.public()));
+    println!("device id:   {}", hex::encode(device_id(pair.public()).0));
+}

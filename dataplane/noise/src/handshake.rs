@@ -808,4 +808,4 @@ impl Responder {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
