@@ -19,27 +19,54 @@ fn temp_dir(name: &str) -> std::path::PathBuf {
 fn keygen_writes_a_private_file_and_pubkey_reads_it() {
     let dir = temp_dir("keygen");
     let key = dir.join("server.key");
-    let out = commucat().args(["keygen", "--out"]).arg(&key).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = commucat()
+        .args(["keygen", "--out"])
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stdout = String::from_utf8(out.stdout).unwrap();
-    let public = stdout.lines().find_map(|l| l.strip_prefix("public key:  ")).unwrap().to_string();
+    let public = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("public key:  "))
+        .unwrap()
+        .to_string();
     assert_eq!(public.len(), 64);
     let mode = std::fs::metadata(&key).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
     let content = std::fs::read_to_string(&key).unwrap();
     assert_eq!(content.trim().len(), 64);
-    assert!(!stdout.contains(content.trim()), "the private key must not be printed");
+    assert!(
+        !stdout.contains(content.trim()),
+        "the private key must not be printed"
+    );
 
-    let out = commucat().args(["pubkey", "--key"]).arg(&key).output().unwrap();
+    let out = commucat()
+        .args(["pubkey", "--key"])
+        .arg(&key)
+        .output()
+        .unwrap();
     assert!(out.status.success());
     assert!(String::from_utf8(out.stdout).unwrap().contains(&public));
 
     // A second keygen refuses to overwrite without --force.
-    let out = commucat().args(["keygen", "--out"]).arg(&key).output().unwrap();
+    let out = commucat()
+        .args(["keygen", "--out"])
+        .arg(&key)
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8(out.stderr).unwrap().contains("--force"));
     assert_eq!(std::fs::read_to_string(&key).unwrap(), content);
-    let out = commucat().args(["keygen", "--force", "--out"]).arg(&key).output().unwrap();
+    let out = commucat()
+        .args(["keygen", "--force", "--out"])
+        .arg(&key)
+        .output()
+        .unwrap();
     assert!(out.status.success());
     assert_ne!(std::fs::read_to_string(&key).unwrap(), content);
 }
@@ -49,13 +76,29 @@ fn pubkey_explains_a_bad_key_file() {
     let dir = temp_dir("badkey");
     let key = dir.join("bad.key");
     std::fs::write(&key, "not hex\n").unwrap();
-    let out = commucat().args(["pubkey", "--key"]).arg(&key).output().unwrap();
+    let out = commucat()
+        .args(["pubkey", "--key"])
+        .arg(&key)
+        .output()
+        .unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8(out.stderr).unwrap().contains("64 hex digits"));
+    assert!(
+        String::from_utf8(out.stderr)
+            .unwrap()
+            .contains("64 hex digits")
+    );
     let missing = dir.join("missing.key");
-    let out = commucat().args(["pubkey", "--key"]).arg(&missing).output().unwrap();
+    let out = commucat()
+        .args(["pubkey", "--key"])
+        .arg(&missing)
+        .output()
+        .unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8(out.stderr).unwrap().contains("cannot read"));
+    assert!(
+        String::from_utf8(out.stderr)
+            .unwrap()
+            .contains("cannot read")
+    );
 }
 
 #[test]
