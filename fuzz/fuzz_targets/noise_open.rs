@@ -18,21 +18,29 @@ fn established() -> &'static (Box<Established>, Box<Established>) {
         let client = StaticKeypair::generate(&mut rng);
         let server = StaticKeypair::generate(&mut rng);
         let now = Instant(1);
-        let mut responder = Responder::new(now, ResponderConfig::default(), server.clone(), &mut rng);
+        let mut responder =
+            Responder::new(now, ResponderConfig::default(), server.clone(), &mut rng);
         let suite = Suite::new(Pattern::Ik, Cipher::ChaChaPoly, false);
-        let config =
-            InitiatorConfig { suite, local: client, remote_static: *server.public(), timestamp_ms: 1 };
+        let config = InitiatorConfig {
+            suite,
+            local: client,
+            remote_static: *server.public(),
+            timestamp_ms: 1,
+        };
         let mut initiator = Initiator::new(now, config);
         let (mut a, mut b) = ([0u8; 2048], [0u8; 2048]);
         let n = initiator.write_initiation(now, &mut rng, &mut a).unwrap();
         let from = "192.0.2.1:1".parse().unwrap();
-        let Ok(ResponderEvent::Established { reply_len: Some(m), session: server }) =
-            responder.handle_packet(now, from, &a[..n], &mut b, &mut rng)
+        let Ok(ResponderEvent::Established {
+            reply_len: Some(m),
+            session: server,
+        }) = responder.handle_packet(now, from, &a[..n], &mut b, &mut rng)
         else {
             panic!("handshake")
         };
-        let Ok(InitiatorEvent::Established { session: client, .. }) =
-            initiator.handle_packet(now, &b[..m], &mut a)
+        let Ok(InitiatorEvent::Established {
+            session: client, ..
+        }) = initiator.handle_packet(now, &b[..m], &mut a)
         else {
             panic!("handshake")
         };
@@ -86,7 +94,9 @@ fuzz_target!(|data: &[u8]| {
                 raw.to_vec()
             }
         };
-        let counter = packet.get(8..16).map(|c| u64::from_be_bytes(c.try_into().unwrap()));
+        let counter = packet
+            .get(8..16)
+            .map(|c| u64::from_be_bytes(c.try_into().unwrap()));
         if rx.open(now, &mut packet).is_ok() {
             let counter = counter.unwrap();
             assert!(accepted.insert(counter), "counter {counter} accepted twice");

@@ -25,8 +25,15 @@ fuzz_target!(|data: &[u8]| {
     let from = "192.0.2.1:1".parse().unwrap();
     let mut out = [0u8; 2048];
     let before = responder.pending_len();
-    if responder.handle_packet(Instant(2), from, packet, &mut out, &mut rng).is_err() {
-        assert_eq!(responder.pending_len(), before, "a refused packet kept state");
+    if responder
+        .handle_packet(Instant(2), from, packet, &mut out, &mut rng)
+        .is_err()
+    {
+        assert_eq!(
+            responder.pending_len(),
+            before,
+            "a refused packet kept state"
+        );
     }
 });
 

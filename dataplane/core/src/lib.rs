@@ -91,8 +91,14 @@ mod tests {
     fn instant_arithmetic_saturates() {
         let t = Instant(u64::MAX - 1);
         assert_eq!(t.saturating_add(Duration::from_secs(1)), Instant(u64::MAX));
-        assert_eq!(Instant(5).saturating_duration_since(Instant(9)), Duration::ZERO);
-        assert_eq!(Instant(9).saturating_duration_since(Instant(5)), Duration::from_nanos(4));
+        assert_eq!(
+            Instant(5).saturating_duration_since(Instant(9)),
+            Duration::ZERO
+        );
+        assert_eq!(
+            Instant(9).saturating_duration_since(Instant(5)),
+            Duration::from_nanos(4)
+        );
     }
 
     #[test]
@@ -121,7 +127,9 @@ impl SeededRng {
             z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
             z ^ (z >> 31)
         };
-        Self { state: [next(), next(), next(), next()] }
+        Self {
+            state: [next(), next(), next(), next()],
+        }
     }
 
     /// The next 64 random bits.

@@ -63,7 +63,7 @@ const _: () = {
     assert!(REQUEST_BODY_LEN_MAX + 1024 <= FRAME_LEN_MAX);
     // A media frame plus the datagram header, frame header and tag fits one datagram.
     assert!(MEDIA_PAYLOAD_LEN_MAX + 16 + 16 + 20 <= DATAGRAM_LEN_MAX);
-    assert!(REPLAY_WINDOW_BITS >= 1024 && REPLAY_WINDOW_BITS % 64 == 0);
+    assert!(REPLAY_WINDOW_BITS >= 1024 && REPLAY_WINDOW_BITS.is_multiple_of(64));
     assert!(PREVIOUS_KEY_KEEP_TIME.as_secs() < REKEY_AFTER_TIME.as_secs());
     assert!(HANDSHAKE_TIMEOUT.as_secs() < COOKIE_SECRET_ROTATE_TIME.as_secs());
     assert!(STATIC_KEYS_MAX >= 2);

@@ -91,7 +91,8 @@ fn keygen(out: &Path, force: bool) -> Result<()> {
         .with_context(|| format!("cannot restrict the permissions of {}", out.display()))?;
     writeln!(file, "{}", hex::encode(pair.private()))
         .with_context(|| format!("cannot write {}", out.display()))?;
-    file.sync_all().with_context(|| format!("cannot sync {}", out.display()))?;
+    file.sync_all()
+        .with_context(|| format!("cannot sync {}", out.display()))?;
     println!("private key: {} (mode 0600)", out.display());
     print_public(&pair);
     Ok(())
@@ -107,7 +108,10 @@ fn read_key(path: &Path) -> Result<StaticKeypair> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read the key file {}", path.display()))?;
     let bytes = hex::decode(text.trim()).with_context(|| {
-        format!("{} is not a key file: expected 64 hex digits", path.display())
+        format!(
+            "{} is not a key file: expected 64 hex digits",
+            path.display()
+        )
     })?;
     let private: [u8; 32] = bytes.try_into().map_err(|bytes: Vec<u8>| {
         anyhow::anyhow!(

@@ -1,6 +1,9 @@
 //! Goal: the key commands work as a new operator would use them. Method: run the built binary
 //! in a temporary directory and check files, permissions and output.
 
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 

@@ -25,7 +25,10 @@ impl CipherKey {
         // Both algorithms take 32-byte keys, so construction cannot fail.
         #[allow(clippy::expect_used)]
         let unbound = UnboundKey::new(algorithm, raw).expect("32-byte key for a 32-byte AEAD");
-        Self { key: LessSafeKey::new(unbound), cipher }
+        Self {
+            key: LessSafeKey::new(unbound),
+            cipher,
+        }
     }
 
     fn nonce(&self, counter: u64) -> Nonce {

@@ -82,7 +82,13 @@ pub fn seal_cookie(
 ) -> Option<[u8; COOKIE_SEALED_LEN]> {
     let cipher = XChaCha20Poly1305::new(key.into());
     let sealed = cipher
-        .encrypt(XNonce::from_slice(nonce), Payload { msg: cookie, aad: mac1 })
+        .encrypt(
+            XNonce::from_slice(nonce),
+            Payload {
+                msg: cookie,
+                aad: mac1,
+            },
+        )
         .ok()?;
     sealed.try_into().ok()
 }
@@ -96,7 +102,13 @@ pub fn open_cookie(
 ) -> Option<[u8; MAC_LEN]> {
     let cipher = XChaCha20Poly1305::new(key.into());
     let opened = cipher
-        .decrypt(XNonce::from_slice(nonce), Payload { msg: sealed, aad: mac1 })
+        .decrypt(
+            XNonce::from_slice(nonce),
+            Payload {
+                msg: sealed,
+                aad: mac1,
+            },
+        )
         .ok()?;
     opened.try_into().ok()
 }
@@ -115,7 +127,11 @@ impl CookieSecret {
         rng.private_fill(&mut current);
         let mut previous = [0u8; 32];
         rng.private_fill(&mut previous);
-        Self { current, previous, born: now }
+        Self {
+            current,
+            previous,
+            born: now,
+        }
     }
 
     /// Rotates the secret when it is older than the rotation period.
@@ -162,9 +178,15 @@ mod tests {
         let key = cookie_key(&[7; 32]);
         let nonce = [3; COOKIE_NONCE_LEN];
         let sealed = seal_cookie(&key, &nonce, &[9; MAC_LEN], &[1; MAC_LEN]).unwrap();
-        assert_eq!(open_cookie(&key, &nonce, &sealed, &[1; MAC_LEN]), Some([9; MAC_LEN]));
+        assert_eq!(
+            open_cookie(&key, &nonce, &sealed, &[1; MAC_LEN]),
+            Some([9; MAC_LEN])
+        );
         assert_eq!(open_cookie(&key, &nonce, &sealed, &[2; MAC_LEN]), None);
-        assert_eq!(open_cookie(&cookie_key(&[8; 32]), &nonce, &sealed, &[1; MAC_LEN]), None);
+        assert_eq!(
+            open_cookie(&cookie_key(&[8; 32]), &nonce, &sealed, &[1; MAC_LEN]),
+            None
+        );
     }
 
     #[test]

@@ -12,6 +12,7 @@
 //! I -> R  Finish      s, se, psk                       (done; R waits for key confirmation)
 //! ```
 
+use crate::HandshakeError;
 use crate::cookie::{self, CookieSecret, MAC_LEN, constant_time_eq};
 use crate::kem::{
     KEM_CIPHERTEXT_LEN, KEM_ENCAPS_SEED_LEN, KEM_KEYGEN_SEED_LEN, KEM_PUBLIC_KEY_LEN, Kem,
@@ -22,7 +23,6 @@ use crate::packet::{self, INITIATION_HEADER_LEN, PacketType, REPLY_HEADER_LEN};
 use crate::resolver::Resolver;
 use crate::session::SessionKeys;
 use crate::suite::{Pattern, Suite};
-use crate::HandshakeError;
 use core::net::SocketAddr;
 use core::time::Duration;
 use dp_core::limits::{COOKIE_SECRET_ROTATE_TIME, HANDSHAKE_TIMEOUT, STATIC_KEYS_MAX};
@@ -85,18 +85,23 @@ impl Established {
     pub fn danger_raw_keys(&self) -> DangerRawKeys {
         let (send, recv) = (*self.keys.send, *self.keys.recv);
         match self.role {
-            Role::Initiator => {
-                DangerRawKeys { initiator_to_responder: send, responder_to_initiator: recv }
-            }
-            Role::Responder => {
-                DangerRawKeys { initiator_to_responder: recv, responder_to_initiator: send }
-            }
+            Role::Initiator => DangerRawKeys {
+                initiator_to_responder: send,
+                responder_to_initiator: recv,
+            },
+            Role::Responder => DangerRawKeys {
+                initiator_to_responder: recv,
+                responder_to_initiator: send,
+            },
         }
     }
 }
 
 fn params(suite: Suite) -> Result<snow::params::NoiseParams, HandshakeError> {
-    suite.noise_name().parse().map_err(|_| HandshakeError::UnknownSuite)
+    suite
+        .noise_name()
+        .parse()
+        .map_err(|_| HandshakeError::UnknownSuite)
 }
 
 fn build(
@@ -107,14 +112,21 @@ fn build(
     initiator: bool,
 ) -> Result<HandshakeState, HandshakeError> {
     let prologue = suite.prologue();
-    let mut builder = snow::Builder::with_resolver(params(suite)?, Box::new(Resolver::new(ephemeral)))
-        .local_private_key(local.private())
-        .and_then(|b| b.prologue(&prologue))
-        .map_err(|_| HandshakeError::Noise)?;
+    let mut builder =
+        snow::Builder::with_resolver(params(suite)?, Box::new(Resolver::new(ephemeral)))
+            .local_private_key(local.private())
+            .and_then(|b| b.prologue(&prologue))
+            .map_err(|_| HandshakeError::Noise)?;
     if let Some(remote) = remote {
-        builder = builder.remote_public_key(remote).map_err(|_| HandshakeError::Noise)?;
+        builder = builder
+            .remote_public_key(remote)
+            .map_err(|_| HandshakeError::Noise)?;
     }
-    let state = if initiator { builder.build_initiator() } else { builder.build_responder() };
+    let state = if initiator {
+        builder.build_initiator()
+    } else {
+        builder.build_responder()
+    };
     state.map_err(|_| HandshakeError::Noise)
 }
 
@@ -263,8 +275,13 @@ impl Initiator {
             payload_len += KEM_PUBLIC_KEY_LEN;
             self.kem = Some(dk);
         }
-        let mut state =
-            build(suite, &self.config.local, Some(&self.config.remote_static), ephemeral, true)?;
+        let mut state = build(
+            suite,
+            &self.config.local,
+            Some(&self.config.remote_static),
+            ephemeral,
+            true,
+        )?;
         self.local_index = u32::from_be_bytes(index);
         if out.len() < INITIATION_HEADER_LEN + 2 * MAC_LEN {
             return Err(HandshakeError::BufferTooSmall);
@@ -272,10 +289,16 @@ impl Initiator {
         let noise_end = out.len() - 2 * MAC_LEN;
         packet::write_initiation_header(out, suite, self.local_index);
         let noise_len = state
-            .write_message(&payload[..payload_len], &mut out[INITIATION_HEADER_LEN..noise_end])
+            .write_message(
+                &payload[..payload_len],
+                &mut out[INITIATION_HEADER_LEN..noise_end],
+            )
             .map_err(|_| HandshakeError::BufferTooSmall)?;
         let mac1_at = INITIATION_HEADER_LEN + noise_len;
-        let mac1 = cookie::mac(&cookie::mac1_key(&self.config.remote_static), &out[..mac1_at]);
+        let mac1 = cookie::mac(
+            &cookie::mac1_key(&self.config.remote_static),
+            &out[..mac1_at],
+        );
         out[mac1_at..mac1_at + MAC_LEN].copy_from_slice(&mac1);
         let mac2_at = mac1_at + MAC_LEN;
         let mac2 = match self.cookie {
@@ -309,7 +332,11 @@ impl Initiator {
         }
     }
 
-    fn handle_cookie(&mut self, now: Instant, packet: &[u8]) -> Result<InitiatorEvent, HandshakeError> {
+    fn handle_cookie(
+        &mut self,
+        now: Instant,
+        packet: &[u8],
+    ) -> Result<InitiatorEvent, HandshakeError> {
         let reply = packet::parse_cookie_reply(packet)?;
         if reply.receiver != self.local_index || self.state.is_none() {
             return Err(HandshakeError::UnknownIndex);
@@ -338,13 +365,16 @@ impl Initiator {
         let mut state = self.state.take().ok_or(HandshakeError::UnexpectedPacket)?;
         let mut noise = reply.body;
         if suite.hybrid && suite.pattern == Pattern::Ik {
-            let ct = noise.get(..KEM_CIPHERTEXT_LEN).ok_or(HandshakeError::Malformed)?;
+            let ct = noise
+                .get(..KEM_CIPHERTEXT_LEN)
+                .ok_or(HandshakeError::Malformed)?;
             self.mix_kem(&mut state, ct)?;
             noise = &noise[KEM_CIPHERTEXT_LEN..];
         }
         let mut payload = [0u8; PAYLOAD_LEN_MAX];
-        let payload_len =
-            state.read_message(noise, &mut payload).map_err(|_| HandshakeError::Noise)?;
+        let payload_len = state
+            .read_message(noise, &mut payload)
+            .map_err(|_| HandshakeError::Noise)?;
         let rest = check_prefix(&payload[..payload_len], reply.sender)?;
         match (suite.pattern, suite.hybrid) {
             (Pattern::Xk, true) => {
@@ -388,7 +418,10 @@ impl Initiator {
             timestamp_ms: self.config.timestamp_ms,
             keys,
         };
-        Ok(InitiatorEvent::Established { finish_len, session: Box::new(session) })
+        Ok(InitiatorEvent::Established {
+            finish_len,
+            session: Box::new(session),
+        })
     }
 
     fn mix_kem(&mut self, state: &mut HandshakeState, ct: &[u8]) -> Result<(), HandshakeError> {
@@ -419,7 +452,11 @@ pub struct ResponderConfig {
 
 impl Default for ResponderConfig {
     fn default() -> Self {
-        Self { hybrid_required: false, pending_max: 4096, initiations_per_second_max: 20_000 }
+        Self {
+            hybrid_required: false,
+            pending_max: 4096,
+            initiations_per_second_max: 20_000,
+        }
     }
 }
 
@@ -538,7 +575,9 @@ impl Responder {
     /// The current static public key (the one new invites name).
     pub fn static_public(&self) -> &[u8; KEY_LEN] {
         // `keys` is never empty: `new` pushes one and `rotate_static` pushes before retiring.
-        self.keys.first().map_or(&[0; KEY_LEN], |key| key.pair.public())
+        self.keys
+            .first()
+            .map_or(&[0; KEY_LEN], |key| key.pair.public())
     }
 
     /// Counters.
@@ -586,7 +625,8 @@ impl Responder {
         let before = self.pending.len();
         self.pending.retain(|_, pending| pending.deadline > now);
         self.stats.pending_expired += (before - self.pending.len()) as u64;
-        self.keys.retain(|key| key.retire_at.is_none_or(|at| at > now));
+        self.keys
+            .retain(|key| key.retire_at.is_none_or(|at| at > now));
     }
 
     /// Handles an Initiation or a Finish from `from`, writing any reply into `out`.
@@ -659,8 +699,9 @@ impl Responder {
         let mut state = build(suite, server_key, None, ephemeral, false)?;
 
         let mut payload = [0u8; PAYLOAD_LEN_MAX];
-        let payload_len =
-            state.read_message(init.noise, &mut payload).map_err(|_| HandshakeError::Noise)?;
+        let payload_len = state
+            .read_message(init.noise, &mut payload)
+            .map_err(|_| HandshakeError::Noise)?;
         let payload = &payload[..payload_len];
         let expected_len =
             INITIATION_PAYLOAD_LEN + if suite.hybrid { KEM_PUBLIC_KEY_LEN } else { 0 };
@@ -676,8 +717,9 @@ impl Responder {
         if suite.hybrid {
             let mut m = zeroize::Zeroizing::new([0u8; KEM_ENCAPS_SEED_LEN]);
             rng.private_fill(&mut m[..]);
-            let ek: &[u8; KEM_PUBLIC_KEY_LEN] =
-                payload[INITIATION_PAYLOAD_LEN..].try_into().map_err(|_| HandshakeError::BadPayload)?;
+            let ek: &[u8; KEM_PUBLIC_KEY_LEN] = payload[INITIATION_PAYLOAD_LEN..]
+                .try_into()
+                .map_err(|_| HandshakeError::BadPayload)?;
             let (ct, secret) = MlKem768::encapsulate(ek, &m).ok_or(HandshakeError::BadKemKey)?;
             state
                 .set_psk(usize::from(suite.psk_location()), &secret[..])
@@ -737,7 +779,10 @@ impl Responder {
                     timestamp_ms,
                     keys,
                 };
-                Ok(ResponderEvent::Established { reply_len: Some(len), session: Box::new(session) })
+                Ok(ResponderEvent::Established {
+                    reply_len: Some(len),
+                    session: Box::new(session),
+                })
             }
         }
     }
@@ -764,10 +809,16 @@ impl Responder {
         .ok_or(HandshakeError::Noise)?;
         packet::write_cookie_reply(out, init.sender, &nonce, &sealed);
         self.stats.cookies_sent += 1;
-        Ok(ResponderEvent::CookieSent { len: packet::COOKIE_REPLY_LEN })
+        Ok(ResponderEvent::CookieSent {
+            len: packet::COOKIE_REPLY_LEN,
+        })
     }
 
-    fn handle_finish(&mut self, now: Instant, packet: &[u8]) -> Result<ResponderEvent, HandshakeError> {
+    fn handle_finish(
+        &mut self,
+        now: Instant,
+        packet: &[u8],
+    ) -> Result<ResponderEvent, HandshakeError> {
         let finish = packet::parse_reply(packet, PacketType::Finish)?;
         let matches = self.pending.get(&finish.receiver).is_some_and(|pending| {
             pending.remote_index == finish.sender && pending.suite == finish.suite
@@ -803,7 +854,10 @@ impl Responder {
             timestamp_ms: pending.timestamp_ms,
             keys,
         };
-        Ok(ResponderEvent::Established { reply_len: None, session: Box::new(session) })
+        Ok(ResponderEvent::Established {
+            reply_len: None,
+            session: Box::new(session),
+        })
     }
 }
 

@@ -35,7 +35,10 @@ pub trait Kem {
     fn encapsulate(
         public_key: &[u8; KEM_PUBLIC_KEY_LEN],
         m: &[u8; KEM_ENCAPS_SEED_LEN],
-    ) -> Option<([u8; KEM_CIPHERTEXT_LEN], Zeroizing<[u8; KEM_SHARED_SECRET_LEN]>)>;
+    ) -> Option<(
+        [u8; KEM_CIPHERTEXT_LEN],
+        Zeroizing<[u8; KEM_SHARED_SECRET_LEN]>,
+    )>;
 
     /// Decapsulates (with implicit rejection: a forged ciphertext yields an unrelated secret).
     fn decapsulate(
@@ -71,7 +74,10 @@ impl Kem for MlKem768 {
     fn encapsulate(
         public_key: &[u8; KEM_PUBLIC_KEY_LEN],
         m: &[u8; KEM_ENCAPS_SEED_LEN],
-    ) -> Option<([u8; KEM_CIPHERTEXT_LEN], Zeroizing<[u8; KEM_SHARED_SECRET_LEN]>)> {
+    ) -> Option<(
+        [u8; KEM_CIPHERTEXT_LEN],
+        Zeroizing<[u8; KEM_SHARED_SECRET_LEN]>,
+    )> {
         let public = mlkem768::MlKem768PublicKey::from(*public_key);
         if !mlkem768::validate_public_key(&public) {
             return None;

@@ -18,7 +18,9 @@ pub struct StaticKeypair {
 
 impl core::fmt::Debug for StaticKeypair {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("StaticKeypair").field("public", &hex_short(&self.public)).finish()
+        f.debug_struct("StaticKeypair")
+            .field("public", &hex_short(&self.public))
+            .finish()
     }
 }
 
@@ -26,7 +28,10 @@ impl StaticKeypair {
     /// The key pair whose private key is `private` (clamped by X25519 when used).
     pub fn from_private(private: [u8; KEY_LEN]) -> Self {
         let public = x25519_public(&private);
-        Self { private: Zeroizing::new(private), public }
+        Self {
+            private: Zeroizing::new(private),
+            public,
+        }
     }
 
     /// A fresh key pair from `rng.private_fill`.
@@ -77,7 +82,10 @@ pub struct PeerAuthenticated {
 
 impl PeerAuthenticated {
     pub(crate) fn new(static_key: [u8; KEY_LEN]) -> Self {
-        Self { device: device_id(&static_key), static_key }
+        Self {
+            device: device_id(&static_key),
+            static_key,
+        }
     }
 
     /// The peer's authenticated static public key.
@@ -92,7 +100,12 @@ impl PeerAuthenticated {
 }
 
 fn hex_short(bytes: &[u8]) -> String {
-    bytes.iter().take(4).map(|b| format!("{b:02x}")).collect::<String>() + "…"
+    bytes
+        .iter()
+        .take(4)
+        .map(|b| format!("{b:02x}"))
+        .collect::<String>()
+        + "…"
 }
 
 #[cfg(test)]

@@ -148,7 +148,11 @@ pub(crate) fn parse_cookie_reply(packet: &[u8]) -> Result<CookieReply, Handshake
     nonce.copy_from_slice(&packet[8..8 + COOKIE_NONCE_LEN]);
     let mut sealed = [0u8; COOKIE_SEALED_LEN];
     sealed.copy_from_slice(&packet[8 + COOKIE_NONCE_LEN..]);
-    Ok(CookieReply { receiver: read_u32(&packet[4..8]), nonce, sealed })
+    Ok(CookieReply {
+        receiver: read_u32(&packet[4..8]),
+        nonce,
+        sealed,
+    })
 }
 
 pub(crate) fn write_cookie_reply(

@@ -25,7 +25,10 @@ impl Default for ReplayWindow {
 impl ReplayWindow {
     /// An empty window.
     pub const fn new() -> Self {
-        Self { next: 0, bitmap: [0; WORDS] }
+        Self {
+            next: 0,
+            bitmap: [0; WORDS],
+        }
     }
 
     /// Whether `counter` would be accepted: newer than everything seen, or inside the window
@@ -69,7 +72,10 @@ impl ReplayWindow {
     }
 
     fn slot(counter: u64) -> (usize, u32) {
-        (((counter / 64) % WORDS as u64) as usize, (counter % 64) as u32)
+        (
+            ((counter / 64) % WORDS as u64) as usize,
+            (counter % 64) as u32,
+        )
     }
 }
 

@@ -14,13 +14,17 @@ pub(crate) struct Resolver {
 
 impl Resolver {
     pub(crate) fn new(ephemeral: [u8; 32]) -> Self {
-        Self { ephemeral: Zeroizing::new(ephemeral) }
+        Self {
+            ephemeral: Zeroizing::new(ephemeral),
+        }
     }
 }
 
 impl CryptoResolver for Resolver {
     fn resolve_rng(&self) -> Option<Box<dyn Random>> {
-        Some(Box::new(EphemeralOnce { bytes: Some(self.ephemeral.clone()) }))
+        Some(Box::new(EphemeralOnce {
+            bytes: Some(self.ephemeral.clone()),
+        }))
     }
 
     fn resolve_dh(&self, choice: &DHChoice) -> Option<Box<dyn Dh>> {

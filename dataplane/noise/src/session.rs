@@ -48,7 +48,10 @@ impl core::fmt::Debug for SessionKeys {
 
 impl SessionKeys {
     pub(crate) fn new(send: [u8; 32], recv: [u8; 32]) -> Self {
-        Self { send: Zeroizing::new(send), recv: Zeroizing::new(recv) }
+        Self {
+            send: Zeroizing::new(send),
+            recv: Zeroizing::new(recv),
+        }
     }
 }
 
@@ -63,7 +66,13 @@ struct SendKey {
 
 impl SendKey {
     fn new(key: CipherKey, now: Instant) -> Self {
-        Self { key, counter: 0, messages: 0, bytes: 0, since: now }
+        Self {
+            key,
+            counter: 0,
+            messages: 0,
+            bytes: 0,
+            since: now,
+        }
     }
 
     fn rekey_due(&self, now: Instant) -> bool {
@@ -200,13 +209,18 @@ impl StreamSession {
         if self.recv_counter >= DATAGRAM_COUNTER_MAX {
             return Err(OpenError::CounterExhausted);
         }
-        let plaintext_len =
-            self.recv.open_in_place(self.recv_counter, &[], body).ok_or(OpenError::Decrypt)?;
+        let plaintext_len = self
+            .recv
+            .open_in_place(self.recv_counter, &[], body)
+            .ok_or(OpenError::Decrypt)?;
         self.recv_counter += 1;
         if plaintext_len == 0 {
             self.recv = self.recv.rekey();
         }
-        Ok(Some(OpenedRecord { consumed: 2 + len, plaintext: 2..2 + plaintext_len }))
+        Ok(Some(OpenedRecord {
+            consumed: 2 + len,
+            plaintext: 2..2 + plaintext_len,
+        }))
     }
 }
 
@@ -334,10 +348,14 @@ impl DatagramSession {
         }
         let (header, body) = datagram.split_at_mut(DATA_HEADER_LEN);
         let plaintext_len = if epoch == self.recv_epoch {
-            self.recv.open_in_place(counter, header, body).ok_or(OpenError::Decrypt)?
+            self.recv
+                .open_in_place(counter, header, body)
+                .ok_or(OpenError::Decrypt)?
         } else if epoch == self.recv_epoch.wrapping_add(1) {
             let next = self.recv.rekey();
-            let len = next.open_in_place(counter, header, body).ok_or(OpenError::Decrypt)?;
+            let len = next
+                .open_in_place(counter, header, body)
+                .ok_or(OpenError::Decrypt)?;
             let current = core::mem::replace(&mut self.recv, next);
             self.previous = Some(PreviousKey {
                 key: current,
@@ -352,7 +370,10 @@ impl DatagramSession {
                 .as_ref()
                 .filter(|p| p.epoch == epoch && now < p.until)
                 .ok_or(OpenError::UnknownEpoch)?;
-            previous.key.open_in_place(counter, header, body).ok_or(OpenError::Decrypt)?
+            previous
+                .key
+                .open_in_place(counter, header, body)
+                .ok_or(OpenError::Decrypt)?
         };
         self.window.commit(counter);
         self.confirmed = true;

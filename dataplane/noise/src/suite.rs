@@ -51,7 +51,11 @@ impl Suite {
 
     /// A suite from its parts.
     pub const fn new(pattern: Pattern, cipher: Cipher, hybrid: bool) -> Self {
-        Self { pattern, cipher, hybrid }
+        Self {
+            pattern,
+            cipher,
+            hybrid,
+        }
     }
 
     /// The wire byte.

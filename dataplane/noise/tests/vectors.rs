@@ -3,6 +3,9 @@
 //! `vector` block from the document, rerun the handshake with the same keys and randomness,
 //! and compare each line.
 
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod common;
 
 use common::vector;
@@ -19,7 +22,9 @@ fn published() -> BTreeMap<String, Vec<(String, String)>> {
     let mut blocks = BTreeMap::new();
     let mut lines = doc.lines();
     while let Some(line) = lines.next() {
-        let Some(name) = line.strip_prefix("```text vector ") else { continue };
+        let Some(name) = line.strip_prefix("```text vector ") else {
+            continue;
+        };
         let mut fields = Vec::new();
         for line in lines.by_ref() {
             if line.starts_with("```") {
@@ -38,7 +43,9 @@ fn protocol_md_vectors_match_the_code() {
     let blocks = published();
     for suite in dp_noise::Suite::ALL {
         let name = vector::name(suite);
-        let doc = blocks.get(&name).unwrap_or_else(|| panic!("no vector for {name}"));
+        let doc = blocks
+            .get(&name)
+            .unwrap_or_else(|| panic!("no vector for {name}"));
         let code = vector::generate(suite);
         assert_eq!(doc.len(), code.len(), "{name}: field count");
         for ((doc_field, doc_hex), (field, hex)) in doc.iter().zip(&code) {
@@ -46,7 +53,20 @@ fn protocol_md_vectors_match_the_code() {
             assert_eq!(doc_hex, hex, "{name}: {field}");
         }
     }
-    assert_eq!(blocks.len(), dp_noise::Suite::ALL.len(), "unexpected extra vector blocks");
+    assert_eq!(
+        blocks.len(),
+        dp_noise::Suite::ALL.len(),
+        "unexpected extra vector blocks"
+    );
+    // And each block stands in the document exactly as the generator prints it.
+    let doc = protocol_md();
+    for suite in dp_noise::Suite::ALL {
+        assert!(
+            doc.contains(&vector::render(suite)),
+            "{}: block differs",
+            vector::name(suite)
+        );
+    }
 }
 
 #[test]
@@ -57,8 +77,10 @@ fn vector_packets_are_refused_after_any_bit_flip() {
     use dp_noise::{Responder, ResponderConfig, StaticKeypair};
     for suite in dp_noise::Suite::ALL {
         let fields: BTreeMap<_, _> = vector::generate(suite).into_iter().collect();
-        let private: [u8; 32] =
-            hex::decode(&fields["responder_static_private"]).unwrap().try_into().unwrap();
+        let private: [u8; 32] = hex::decode(&fields["responder_static_private"])
+            .unwrap()
+            .try_into()
+            .unwrap();
         let mut rng = SeededRng::new(1);
         let mut responder = Responder::new(
             Instant(1),
@@ -70,6 +92,10 @@ fn vector_packets_are_refused_after_any_bit_flip() {
         init[12] ^= 0x01;
         let mut out = [0u8; 2048];
         let from = "192.0.2.1:1".parse().unwrap();
-        assert!(responder.handle_packet(Instant(1), from, &init, &mut out, &mut rng).is_err());
+        assert!(
+            responder
+                .handle_packet(Instant(1), from, &init, &mut out, &mut rng)
+                .is_err()
+        );
     }
 }

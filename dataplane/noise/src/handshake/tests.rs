@@ -37,31 +37,59 @@ pub(crate) fn pair(suite: Suite, config: ResponderConfig, seed: u64) -> Pair {
             timestamp_ms: 1_700_000_000_000,
         },
     );
-    Pair { initiator, responder, rng, client, server }
+    Pair {
+        initiator,
+        responder,
+        rng,
+        client,
+        server,
+    }
 }
 
 /// Runs a handshake to completion; returns (initiator side, responder side).
 pub(crate) fn complete(p: &mut Pair, now: Instant) -> (Box<Established>, Box<Established>) {
     let mut buf = [0u8; BUF];
     let mut reply = [0u8; BUF];
-    let len = p.initiator.write_initiation(now, &mut p.rng, &mut buf).unwrap();
-    let event = p.responder.handle_packet(now, addr(), &buf[..len], &mut reply, &mut p.rng).unwrap();
+    let len = p
+        .initiator
+        .write_initiation(now, &mut p.rng, &mut buf)
+        .unwrap();
+    let event = p
+        .responder
+        .handle_packet(now, addr(), &buf[..len], &mut reply, &mut p.rng)
+        .unwrap();
     match event {
-        ResponderEvent::Established { reply_len: Some(len), session: server } => {
-            let InitiatorEvent::Established { finish_len: None, session: client } =
-                p.initiator.handle_packet(now, &reply[..len], &mut buf).unwrap()
+        ResponderEvent::Established {
+            reply_len: Some(len),
+            session: server,
+        } => {
+            let InitiatorEvent::Established {
+                finish_len: None,
+                session: client,
+            } = p
+                .initiator
+                .handle_packet(now, &reply[..len], &mut buf)
+                .unwrap()
             else {
                 panic!("IK initiator must finish without a third message")
             };
             (client, server)
         }
         ResponderEvent::Continue { len } => {
-            let InitiatorEvent::Established { finish_len: Some(finish), session: client } =
-                p.initiator.handle_packet(now, &reply[..len], &mut buf).unwrap()
+            let InitiatorEvent::Established {
+                finish_len: Some(finish),
+                session: client,
+            } = p
+                .initiator
+                .handle_packet(now, &reply[..len], &mut buf)
+                .unwrap()
             else {
                 panic!("XK initiator must send a Finish")
             };
-            let ResponderEvent::Established { reply_len: None, session: server } = p
+            let ResponderEvent::Established {
+                reply_len: None,
+                session: server,
+            } = p
                 .responder
                 .handle_packet(now, addr(), &buf[..finish], &mut reply, &mut p.rng)
                 .unwrap()
@@ -80,7 +108,11 @@ fn every_suite_completes_and_both_ends_agree() {
         let mut p = pair(suite, ResponderConfig::default(), i as u64);
         let (client, server) = complete(&mut p, Instant(5));
         assert_eq!(client.handshake_hash, server.handshake_hash, "{suite:?}");
-        assert_eq!(client.danger_raw_keys(), server.danger_raw_keys(), "{suite:?}");
+        assert_eq!(
+            client.danger_raw_keys(),
+            server.danger_raw_keys(),
+            "{suite:?}"
+        );
         assert_eq!(client.peer.static_key(), p.server.public());
         assert_eq!(server.peer.static_key(), p.client.public());
         assert_eq!(server.peer.device(), crate::device_id(p.client.public()));
@@ -113,7 +145,10 @@ fn every_suite_completes_and_both_ends_agree() {
 fn hybrid_and_classic_keys_differ_for_the_same_randomness() {
     let classic = Suite::new(Pattern::Xk, Cipher::ChaChaPoly, false);
     let hybrid = Suite::new(Pattern::Xk, Cipher::ChaChaPoly, true);
-    let (a, _) = complete(&mut pair(classic, ResponderConfig::default(), 9), Instant(1));
+    let (a, _) = complete(
+        &mut pair(classic, ResponderConfig::default(), 9),
+        Instant(1),
+    );
     let (b, _) = complete(&mut pair(hybrid, ResponderConfig::default(), 9), Instant(1));
     assert_ne!(a.danger_raw_keys(), b.danger_raw_keys());
 }
@@ -130,12 +165,17 @@ fn stripping_the_hybrid_from_an_initiation_fails() {
         let mut p = pair(hybrid, ResponderConfig::default(), 3);
         let mut buf = [0u8; BUF];
         let mut out = [0u8; BUF];
-        let len = p.initiator.write_initiation(Instant(1), &mut p.rng, &mut buf).unwrap();
+        let len = p
+            .initiator
+            .write_initiation(Instant(1), &mut p.rng, &mut buf)
+            .unwrap();
         buf[1] = classic.to_byte();
         let mac1_at = len - 2 * MAC_LEN;
         let mac1 = cookie::mac(&cookie::mac1_key(p.server.public()), &buf[..mac1_at]);
         buf[mac1_at..mac1_at + MAC_LEN].copy_from_slice(&mac1);
-        let result = p.responder.handle_packet(Instant(1), addr(), &buf[..len], &mut out, &mut p.rng);
+        let result =
+            p.responder
+                .handle_packet(Instant(1), addr(), &buf[..len], &mut out, &mut p.rng);
         assert_eq!(result.err(), Some(HandshakeError::Noise), "{pattern:?}");
         assert_eq!(p.responder.pending_len(), 0);
     }
@@ -149,26 +189,44 @@ fn altering_the_ik_kem_ciphertext_fails() {
     let mut p = pair(suite, ResponderConfig::default(), 4);
     let mut buf = [0u8; BUF];
     let mut out = [0u8; BUF];
-    let len = p.initiator.write_initiation(Instant(1), &mut p.rng, &mut buf).unwrap();
-    let ResponderEvent::Established { reply_len: Some(rlen), .. } =
-        p.responder.handle_packet(Instant(1), addr(), &buf[..len], &mut out, &mut p.rng).unwrap()
+    let len = p
+        .initiator
+        .write_initiation(Instant(1), &mut p.rng, &mut buf)
+        .unwrap();
+    let ResponderEvent::Established {
+        reply_len: Some(rlen),
+        ..
+    } = p
+        .responder
+        .handle_packet(Instant(1), addr(), &buf[..len], &mut out, &mut p.rng)
+        .unwrap()
     else {
         panic!("IK completes at the responder")
     };
     out[REPLY_HEADER_LEN + 500] ^= 0x01;
-    let result = p.initiator.handle_packet(Instant(1), &out[..rlen], &mut buf);
+    let result = p
+        .initiator
+        .handle_packet(Instant(1), &out[..rlen], &mut buf);
     assert_eq!(result.err(), Some(HandshakeError::Noise));
 }
 
 #[test]
 fn policy_can_require_hybrid() {
-    let config = ResponderConfig { hybrid_required: true, ..ResponderConfig::default() };
+    let config = ResponderConfig {
+        hybrid_required: true,
+        ..ResponderConfig::default()
+    };
     let classic = Suite::new(Pattern::Xk, Cipher::AesGcm, false);
     let mut p = pair(classic, config, 5);
     let mut buf = [0u8; BUF];
     let mut out = [0u8; BUF];
-    let len = p.initiator.write_initiation(Instant(1), &mut p.rng, &mut buf).unwrap();
-    let result = p.responder.handle_packet(Instant(1), addr(), &buf[..len], &mut out, &mut p.rng);
+    let len = p
+        .initiator
+        .write_initiation(Instant(1), &mut p.rng, &mut buf)
+        .unwrap();
+    let result = p
+        .responder
+        .handle_packet(Instant(1), addr(), &buf[..len], &mut out, &mut p.rng);
     assert_eq!(result.err(), Some(HandshakeError::SuiteRefused));
     let hybrid = Suite::new(Pattern::Xk, Cipher::AesGcm, true);
     complete(&mut pair(hybrid, config, 5), Instant(1));
@@ -178,22 +236,35 @@ fn policy_can_require_hybrid() {
 /// cookie reply and leaves no state; a client that echoes the cookie gets through.
 #[test]
 fn under_load_initiations_need_a_cookie_and_leave_no_state() {
-    let config = ResponderConfig { initiations_per_second_max: 2, ..ResponderConfig::default() };
+    let config = ResponderConfig {
+        initiations_per_second_max: 2,
+        ..ResponderConfig::default()
+    };
     let suite = Suite::new(Pattern::Xk, Cipher::ChaChaPoly, false);
     let mut p = pair(suite, config, 6);
     let mut buf = [0u8; BUF];
     let mut out = [0u8; BUF];
     for _ in 0..2 {
-        let len = p.initiator.write_initiation(Instant(1), &mut p.rng, &mut buf).unwrap();
+        let len = p
+            .initiator
+            .write_initiation(Instant(1), &mut p.rng, &mut buf)
+            .unwrap();
         let event =
-            p.responder.handle_packet(Instant(1), addr(), &buf[..len], &mut out, &mut p.rng);
+            p.responder
+                .handle_packet(Instant(1), addr(), &buf[..len], &mut out, &mut p.rng);
         assert!(matches!(event, Ok(ResponderEvent::Continue { .. })));
     }
     let pending = p.responder.pending_len();
     let mut cookie_reply = None;
     for _ in 0..100 {
-        let len = p.initiator.write_initiation(Instant(1), &mut p.rng, &mut buf).unwrap();
-        match p.responder.handle_packet(Instant(1), addr(), &buf[..len], &mut out, &mut p.rng) {
+        let len = p
+            .initiator
+            .write_initiation(Instant(1), &mut p.rng, &mut buf)
+            .unwrap();
+        match p
+            .responder
+            .handle_packet(Instant(1), addr(), &buf[..len], &mut out, &mut p.rng)
+        {
             Ok(ResponderEvent::CookieSent { len }) => cookie_reply = Some(out[..len].to_vec()),
             other => panic!("expected a cookie reply, got {other:?}"),
         }
@@ -207,13 +278,23 @@ fn under_load_initiations_need_a_cookie_and_leave_no_state() {
         p.initiator.handle_packet(Instant(1), &reply, &mut buf),
         Ok(InitiatorEvent::Retry)
     ));
-    let len = p.initiator.write_initiation(Instant(1), &mut p.rng, &mut buf).unwrap();
+    let len = p
+        .initiator
+        .write_initiation(Instant(1), &mut p.rng, &mut buf)
+        .unwrap();
     let other: SocketAddr = "192.0.2.8:40000".parse().unwrap();
-    let event = p.responder.handle_packet(Instant(1), other, &buf[..len], &mut out, &mut p.rng);
+    let event = p
+        .responder
+        .handle_packet(Instant(1), other, &buf[..len], &mut out, &mut p.rng);
     assert!(matches!(event, Ok(ResponderEvent::CookieSent { .. })));
     // From the right address, the handshake proceeds.
-    let event = p.responder.handle_packet(Instant(1), addr(), &buf[..len], &mut out, &mut p.rng);
-    assert!(matches!(event, Ok(ResponderEvent::Continue { .. })), "{event:?}");
+    let event = p
+        .responder
+        .handle_packet(Instant(1), addr(), &buf[..len], &mut out, &mut p.rng);
+    assert!(
+        matches!(event, Ok(ResponderEvent::Continue { .. })),
+        "{event:?}"
+    );
 }
 
 #[test]
@@ -222,10 +303,18 @@ fn wrong_server_key_fails_mac1_silently() {
     let mut p = pair(suite, ResponderConfig::default(), 7);
     let mut rng = SeededRng::new(99);
     let stranger = StaticKeypair::generate(&mut rng);
-    let mut other = Responder::new(Instant::ZERO, ResponderConfig::default(), stranger, &mut rng);
+    let mut other = Responder::new(
+        Instant::ZERO,
+        ResponderConfig::default(),
+        stranger,
+        &mut rng,
+    );
     let mut buf = [0u8; BUF];
     let mut out = [0u8; BUF];
-    let len = p.initiator.write_initiation(Instant(1), &mut p.rng, &mut buf).unwrap();
+    let len = p
+        .initiator
+        .write_initiation(Instant(1), &mut p.rng, &mut buf)
+        .unwrap();
     let result = other.handle_packet(Instant(1), addr(), &buf[..len], &mut out, &mut rng);
     assert_eq!(result.err(), Some(HandshakeError::BadMac1));
 }
@@ -237,7 +326,8 @@ fn rotated_key_is_accepted_during_grace_only() {
     let old_public = *p.server.public();
     let new_key = StaticKeypair::generate(&mut p.rng);
     let grace = Duration::from_secs(60);
-    p.responder.rotate_static(Instant(0), new_key.clone(), grace);
+    p.responder
+        .rotate_static(Instant(0), new_key.clone(), grace);
     assert_eq!(p.responder.static_public(), new_key.public());
     // A client that still knows the old key gets through during the grace period.
     complete(&mut p, Instant(1));
@@ -249,7 +339,9 @@ fn rotated_key_is_accepted_during_grace_only() {
     let mut late = pair(suite, ResponderConfig::default(), 8).initiator;
     assert_eq!(late.config.remote_static, old_public);
     let len = late.write_initiation(after, &mut p.rng, &mut buf).unwrap();
-    let result = p.responder.handle_packet(after, addr(), &buf[..len], &mut out, &mut p.rng);
+    let result = p
+        .responder
+        .handle_packet(after, addr(), &buf[..len], &mut out, &mut p.rng);
     assert_eq!(result.err(), Some(HandshakeError::BadMac1));
     // A client with the new key succeeds.
     p.initiator = Initiator::new(
@@ -277,8 +369,14 @@ fn pending_table_is_bounded_and_expires() {
     let mut out = [0u8; BUF];
     let mut cookies = 0;
     for _ in 0..10 {
-        let len = p.initiator.write_initiation(Instant(1), &mut p.rng, &mut buf).unwrap();
-        match p.responder.handle_packet(Instant(1), addr(), &buf[..len], &mut out, &mut p.rng) {
+        let len = p
+            .initiator
+            .write_initiation(Instant(1), &mut p.rng, &mut buf)
+            .unwrap();
+        match p
+            .responder
+            .handle_packet(Instant(1), addr(), &buf[..len], &mut out, &mut p.rng)
+        {
             Ok(ResponderEvent::Continue { .. }) => {}
             Ok(ResponderEvent::CookieSent { .. }) => cookies += 1,
             other => panic!("{other:?}"),
@@ -301,9 +399,14 @@ fn initiator_times_out() {
     let mut p = pair(suite, ResponderConfig::default(), 11);
     let mut buf = [0u8; BUF];
     let mut out = [0u8; BUF];
-    let len = p.initiator.write_initiation(Instant(1), &mut p.rng, &mut buf).unwrap();
-    let ResponderEvent::Continue { len: rlen } =
-        p.responder.handle_packet(Instant(1), addr(), &buf[..len], &mut out, &mut p.rng).unwrap()
+    let len = p
+        .initiator
+        .write_initiation(Instant(1), &mut p.rng, &mut buf)
+        .unwrap();
+    let ResponderEvent::Continue { len: rlen } = p
+        .responder
+        .handle_packet(Instant(1), addr(), &buf[..len], &mut out, &mut p.rng)
+        .unwrap()
     else {
         panic!()
     };
@@ -318,24 +421,36 @@ fn replayed_finish_is_refused() {
     let mut p = pair(suite, ResponderConfig::default(), 12);
     let mut buf = [0u8; BUF];
     let mut out = [0u8; BUF];
-    let len = p.initiator.write_initiation(Instant(1), &mut p.rng, &mut buf).unwrap();
-    let ResponderEvent::Continue { len: rlen } =
-        p.responder.handle_packet(Instant(1), addr(), &buf[..len], &mut out, &mut p.rng).unwrap()
+    let len = p
+        .initiator
+        .write_initiation(Instant(1), &mut p.rng, &mut buf)
+        .unwrap();
+    let ResponderEvent::Continue { len: rlen } = p
+        .responder
+        .handle_packet(Instant(1), addr(), &buf[..len], &mut out, &mut p.rng)
+        .unwrap()
     else {
         panic!()
     };
-    let Ok(InitiatorEvent::Established { finish_len: Some(flen), .. }) =
-        p.initiator.handle_packet(Instant(1), &out[..rlen], &mut buf)
+    let Ok(InitiatorEvent::Established {
+        finish_len: Some(flen),
+        ..
+    }) = p
+        .initiator
+        .handle_packet(Instant(1), &out[..rlen], &mut buf)
     else {
         panic!()
     };
     let finish = buf[..flen].to_vec();
     assert!(matches!(
-        p.responder.handle_packet(Instant(1), addr(), &finish, &mut out, &mut p.rng),
+        p.responder
+            .handle_packet(Instant(1), addr(), &finish, &mut out, &mut p.rng),
         Ok(ResponderEvent::Established { .. })
     ));
     assert_eq!(
-        p.responder.handle_packet(Instant(1), addr(), &finish, &mut out, &mut p.rng).err(),
+        p.responder
+            .handle_packet(Instant(1), addr(), &finish, &mut out, &mut p.rng)
+            .err(),
         Some(HandshakeError::UnknownIndex)
     );
 }
@@ -345,16 +460,33 @@ fn transcript(suite: Suite, seed: u64) -> (Vec<u8>, Vec<u8>, Option<Vec<u8>>) {
     let mut p = pair(suite, ResponderConfig::default(), seed);
     let mut buf = [0u8; BUF];
     let mut out = [0u8; BUF];
-    let len = p.initiator.write_initiation(Instant(1), &mut p.rng, &mut buf).unwrap();
+    let len = p
+        .initiator
+        .write_initiation(Instant(1), &mut p.rng, &mut buf)
+        .unwrap();
     let init = buf[..len].to_vec();
-    let (reply_len, _) = match p.responder.handle_packet(Instant(1), addr(), &init, &mut out, &mut p.rng) {
-        Ok(ResponderEvent::Continue { len }) => (len, ()),
-        Ok(ResponderEvent::Established { reply_len: Some(len), .. }) => (len, ()),
-        other => panic!("{other:?}"),
-    };
+    let (reply_len, _) =
+        match p
+            .responder
+            .handle_packet(Instant(1), addr(), &init, &mut out, &mut p.rng)
+        {
+            Ok(ResponderEvent::Continue { len }) => (len, ()),
+            Ok(ResponderEvent::Established {
+                reply_len: Some(len),
+                ..
+            }) => (len, ()),
+            other => panic!("{other:?}"),
+        };
     let reply = out[..reply_len].to_vec();
-    let finish = match p.initiator.handle_packet(Instant(1), &reply, &mut buf).unwrap() {
-        InitiatorEvent::Established { finish_len: Some(len), .. } => Some(buf[..len].to_vec()),
+    let finish = match p
+        .initiator
+        .handle_packet(Instant(1), &reply, &mut buf)
+        .unwrap()
+    {
+        InitiatorEvent::Established {
+            finish_len: Some(len),
+            ..
+        } => Some(buf[..len].to_vec()),
         _ => None,
     };
     (init, reply, finish)

@@ -36,9 +36,15 @@ fn records_span_every_size_and_split_anywhere() {
             assert_eq!(rec.consumed, n);
             assert_eq!(&wire[rec.plaintext], &plaintext[..]);
         }
-        assert_eq!(tx.seal_record(now, &[], &mut wire), Err(SealError::TooLarge));
+        assert_eq!(
+            tx.seal_record(now, &[], &mut wire),
+            Err(SealError::TooLarge)
+        );
         let big = vec![0u8; RECORD_PLAINTEXT_LEN_MAX + 1];
-        assert_eq!(tx.seal_record(now, &big, &mut wire), Err(SealError::TooLarge));
+        assert_eq!(
+            tx.seal_record(now, &big, &mut wire),
+            Err(SealError::TooLarge)
+        );
     }
 }
 
@@ -78,7 +84,10 @@ fn tampered_record_is_refused() {
 
 fn datagram_pair(suite: Suite) -> (DatagramSession, DatagramSession) {
     let (c, s) = established(suite);
-    (DatagramSession::new(&c, Instant(2)), DatagramSession::new(&s, Instant(2)))
+    (
+        DatagramSession::new(&c, Instant(2)),
+        DatagramSession::new(&s, Instant(2)),
+    )
 }
 
 #[test]
@@ -123,7 +132,10 @@ fn forged_datagram_does_not_move_the_window() {
         bad[at] ^= value;
         assert_eq!(rx.open(now, &mut bad), Err(OpenError::Malformed));
     }
-    assert_eq!(rx.open(now, &mut buf[..DATAGRAM_OVERHEAD - 1]), Err(OpenError::Malformed));
+    assert_eq!(
+        rx.open(now, &mut buf[..DATAGRAM_OVERHEAD - 1]),
+        Err(OpenError::Malformed)
+    );
 }
 
 #[test]
@@ -157,7 +169,10 @@ fn datagram_rekey_with_reordering_across_epochs() {
     let mut skip = [0u8; 64];
     let k = tx2.seal(t1, b"c", &mut skip).unwrap();
     skip[1] = skip[1].wrapping_add(1);
-    assert!(matches!(rx2.open(t2, &mut skip[..k]), Err(OpenError::UnknownEpoch | OpenError::Decrypt)));
+    assert!(matches!(
+        rx2.open(t2, &mut skip[..k]),
+        Err(OpenError::UnknownEpoch | OpenError::Decrypt)
+    ));
 }
 
 #[test]
@@ -167,7 +182,10 @@ fn ik_responder_waits_for_key_confirmation() {
     let mut client = DatagramSession::new(&c, now);
     let mut server = DatagramSession::new(&s, now);
     let mut buf = [0u8; 64];
-    assert_eq!(server.seal(now, b"early", &mut buf), Err(SealError::NotConfirmed));
+    assert_eq!(
+        server.seal(now, b"early", &mut buf),
+        Err(SealError::NotConfirmed)
+    );
     let n = client.seal(now, b"hi", &mut buf).unwrap();
     server.open(now, &mut buf[..n]).unwrap();
     assert!(server.seal(now, b"now ok", &mut buf).is_ok());
@@ -178,10 +196,19 @@ fn datagram_size_limits() {
     let (mut tx, _) = datagram_pair(xk());
     let mut buf = vec![0u8; 2048];
     let max = vec![0u8; DATAGRAM_PLAINTEXT_LEN_MAX];
-    assert_eq!(tx.seal(Instant(3), &max, &mut buf).unwrap(), DATAGRAM_LEN_MAX);
+    assert_eq!(
+        tx.seal(Instant(3), &max, &mut buf).unwrap(),
+        DATAGRAM_LEN_MAX
+    );
     let over = vec![0u8; DATAGRAM_PLAINTEXT_LEN_MAX + 1];
-    assert_eq!(tx.seal(Instant(3), &over, &mut buf), Err(SealError::TooLarge));
-    assert_eq!(tx.seal(Instant(3), b"x", &mut buf[..DATAGRAM_OVERHEAD]), Err(SealError::BufferTooSmall));
+    assert_eq!(
+        tx.seal(Instant(3), &over, &mut buf),
+        Err(SealError::TooLarge)
+    );
+    assert_eq!(
+        tx.seal(Instant(3), b"x", &mut buf[..DATAGRAM_OVERHEAD]),
+        Err(SealError::BufferTooSmall)
+    );
     assert!(tx.poll_timeout() >= Instant(2).saturating_add(Duration::from_secs(1)));
 }
 

@@ -1,2 +1,2 @@
 //! Code shared by the integration tests.
-pub mod vector;
+pub(crate) mod vector;

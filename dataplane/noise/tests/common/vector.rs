@@ -11,7 +11,7 @@ use std::collections::VecDeque;
 use std::fmt::Write;
 
 /// Hands out scripted byte strings in draw order and panics on any unplanned draw.
-pub struct ScriptedRng(pub VecDeque<Vec<u8>>);
+pub(crate) struct ScriptedRng(pub(crate) VecDeque<Vec<u8>>);
 
 impl ScriptedRng {
     fn take(&mut self, dest: &mut [u8]) {
@@ -31,7 +31,9 @@ impl Rng for ScriptedRng {
 }
 
 fn bytes(seed: u8, len: usize) -> Vec<u8> {
-    (0..len).map(|i| seed.wrapping_add((i as u8).wrapping_mul(7))).collect()
+    (0..len)
+        .map(|i| seed.wrapping_add((i as u8).wrapping_mul(7)))
+        .collect()
 }
 
 fn key(seed: u8) -> [u8; 32] {
@@ -39,7 +41,7 @@ fn key(seed: u8) -> [u8; 32] {
 }
 
 /// The ordered `name = hex` lines of one vector.
-pub fn generate(suite: Suite) -> Vec<(String, String)> {
+pub(crate) fn generate(suite: Suite) -> Vec<(String, String)> {
     let mut lines = Vec::new();
     let mut put = |name: &str, value: &[u8]| lines.push((name.to_string(), hex::encode(value)));
     let initiator_static = StaticKeypair::from_private(key(0x10));
@@ -78,8 +80,12 @@ pub fn generate(suite: Suite) -> Vec<(String, String)> {
 
     let now = Instant(1);
     let mut setup = dp_core::SeededRng::new(0);
-    let mut responder =
-        Responder::new(now, ResponderConfig::default(), responder_static.clone(), &mut setup);
+    let mut responder = Responder::new(
+        now,
+        ResponderConfig::default(),
+        responder_static.clone(),
+        &mut setup,
+    );
     let mut initiator = Initiator::new(
         now,
         InitiatorConfig {
@@ -97,10 +103,14 @@ pub fn generate(suite: Suite) -> Vec<(String, String)> {
     let n = initiator.write_initiation(now, &mut irng, &mut a).unwrap();
     put("initiation", &a[..n]);
     let (client, server) = match responder.handle_packet(now, from, &a[..n], &mut b, &mut rrng) {
-        Ok(ResponderEvent::Established { reply_len: Some(m), session }) => {
+        Ok(ResponderEvent::Established {
+            reply_len: Some(m),
+            session,
+        }) => {
             put("response", &b[..m]);
-            let Ok(InitiatorEvent::Established { session: client, .. }) =
-                initiator.handle_packet(now, &b[..m], &mut a)
+            let Ok(InitiatorEvent::Established {
+                session: client, ..
+            }) = initiator.handle_packet(now, &b[..m], &mut a)
             else {
                 panic!("IK response refused")
             };
@@ -108,8 +118,10 @@ pub fn generate(suite: Suite) -> Vec<(String, String)> {
         }
         Ok(ResponderEvent::Continue { len: m }) => {
             put("response", &b[..m]);
-            let Ok(InitiatorEvent::Established { finish_len: Some(f), session: client }) =
-                initiator.handle_packet(now, &b[..m], &mut a)
+            let Ok(InitiatorEvent::Established {
+                finish_len: Some(f),
+                session: client,
+            }) = initiator.handle_packet(now, &b[..m], &mut a)
             else {
                 panic!("XK response refused")
             };
@@ -123,7 +135,10 @@ pub fn generate(suite: Suite) -> Vec<(String, String)> {
         }
         other => panic!("initiation refused: {other:?}"),
     };
-    assert!(irng.0.is_empty() && rrng.0.is_empty(), "planned randomness left over");
+    assert!(
+        irng.0.is_empty() && rrng.0.is_empty(),
+        "planned randomness left over"
+    );
     assert_eq!(client.handshake_hash, server.handshake_hash);
     let keys = client.danger_raw_keys();
     assert_eq!(keys, server.danger_raw_keys());
@@ -133,21 +148,25 @@ pub fn generate(suite: Suite) -> Vec<(String, String)> {
 
     let plaintext = b"CommuCat test vector";
     let mut out = [0u8; 256];
-    let n = DatagramSession::new(&client, now).seal(now, plaintext, &mut out).unwrap();
+    let n = DatagramSession::new(&client, now)
+        .seal(now, plaintext, &mut out)
+        .unwrap();
     put("transport_plaintext", plaintext);
     put("datagram_initiator_to_responder", &out[..n]);
-    let n = StreamSession::new(&client, now).seal_record(now, plaintext, &mut out).unwrap();
+    let n = StreamSession::new(&client, now)
+        .seal_record(now, plaintext, &mut out)
+        .unwrap();
     put("record_initiator_to_responder", &out[..n]);
     lines
 }
 
 /// The name of the vector of `suite`, as used in the heading of its block.
-pub fn name(suite: Suite) -> String {
+pub(crate) fn name(suite: Suite) -> String {
     suite.noise_name().to_string()
 }
 
 /// The Markdown block of one vector.
-pub fn render(suite: Suite) -> String {
+pub(crate) fn render(suite: Suite) -> String {
     let mut out = format!("```text vector {}\n", name(suite));
     for (field, value) in generate(suite) {
         writeln!(out, "{field} = {value}").unwrap();
