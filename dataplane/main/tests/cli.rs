@@ -72,6 +72,7 @@ fn keygen_writes_a_private_file_and_pubkey_reads_it() {
         .unwrap();
     assert!(out.status.success());
     assert_ne!(std::fs::read_to_string(&key).unwrap(), content);
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
@@ -102,6 +103,7 @@ fn pubkey_explains_a_bad_key_file() {
             .unwrap()
             .contains("cannot read")
     );
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
