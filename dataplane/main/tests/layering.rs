@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
 
 /// Crates that must perform no I/O, read no clock and draw no OS randomness themselves.
-const SANS_IO: &[&str] = &["dp-core", "dp-proto", "dp-noise", "dp-link"];
+const SANS_IO: &[&str] = &["dp-core", "dp-proto", "dp-noise", "dp-link", "dp-shard"];
 /// Runtime, socket and event-loop crates: banned anywhere below a sans-IO crate.
 const BANNED_ANYWHERE: &[&str] = &[
     "tokio",
@@ -29,6 +29,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("dp-proto", &["dp-core"]),
     ("dp-noise", &["dp-core", "dp-proto"]),
     ("dp-link", &["dp-core", "dp-proto"]),
+    ("dp-shard", &["dp-core", "dp-proto", "dp-noise", "dp-link"]),
 ];
 
 fn metadata() -> Value {

@@ -1,0 +1,603 @@
+//! A shard: the per-core composition of handshakes, encrypted sessions, frames and message
+//! routing (quinn's `Endpoint`, one level up). One `Shard` runs on each core's thread.
+//!
+//! This crate performs no I/O and reads no clock. The IO layer feeds it connections and bytes
+//! and writes out what it produces. Driving rule: after any `handle_*` call, write every
+//! connection's [`Shard::poll_transmit`] bytes, drain [`Shard::poll_event`] until it is empty,
+//! then wait no longer than [`Shard::poll_timeout`].
+//!
+//! Inputs: [`Shard::handle_connect`], [`Shard::handle_received`], [`Shard::handle_written`],
+//! [`Shard::handle_closed`], [`Shard::handle_shard_message`], [`Shard::handle_control`],
+//! [`Shard::adopt`] (a connection handed over from another shard), [`Shard::handle_timeout`].
+//! Outputs: [`Shard::poll_transmit`], [`Shard::poll_event`], [`Shard::poll_timeout`].
+//!
+//! Sessions are pinned: a device's home shard is [`home_shard`], a keyed function of its id, so
+//! any shard routes to any device without a directory. A connection whose handshake completes
+//! on another shard is handed to the home shard ([`ShardEvent::HandOff`]).
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod conn;
+mod route;
+
+pub use conn::{ConnId, HandOff};
+pub use route::{Envelope, Origin, home_shard};
+
+use conn::{Conn, ConnState, Established};
+use core::net::SocketAddr;
+use core::time::Duration;
+use dp_core::{DeviceId, Instant, MessageId, Rng};
+use dp_noise::{HandshakeError, Responder, ResponderConfig, ResponderEvent, StaticKeypair};
+use dp_proto::{ErrorCode, FrameAssembler, SendStatus};
+use std::collections::{BTreeMap, VecDeque};
+
+/// A shard's index.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ShardId(pub u16);
+
+/// Shard settings, valid by construction through [`ShardConfig::new`].
+#[derive(Clone, Copy, Debug)]
+pub struct ShardConfig {
+    /// This shard.
+    pub shard: ShardId,
+    /// How many shards the process runs.
+    pub shard_count: u16,
+    /// The secret that keys [`home_shard`], the same on every shard of the process.
+    pub routing_key: u64,
+    /// The most connections this shard holds.
+    pub conns_max: usize,
+    /// The most bytes waiting to be written to one connection; a recipient past it is
+    /// disconnected with `SLOW_CONSUMER` and its messages go to storage.
+    pub outbound_bytes_max: usize,
+    /// A connection that receives nothing for this long is closed.
+    pub idle_timeout: Duration,
+    /// Handshake policy.
+    pub responder: ResponderConfig,
+}
+
+impl ShardConfig {
+    /// Defaults for shard `shard` of `shard_count`, or `None` if `shard` is out of range.
+    pub fn new(shard: ShardId, shard_count: u16, routing_key: u64) -> Option<Self> {
+        (shard.0 < shard_count).then_some(Self {
+            shard,
+            shard_count,
+            routing_key,
+            conns_max: 1 << 20,
+            outbound_bytes_max: 1 << 20,
+            idle_timeout: Duration::from_secs(90),
+            responder: ResponderConfig::default(),
+        })
+    }
+}
+
+/// Why a connection is closed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CloseReason {
+    /// The peer closed it or the IO layer saw an error.
+    Peer,
+    /// A handshake packet or record failed; nothing more can be said to the peer.
+    Crypto,
+    /// The peer broke the framing rules.
+    Protocol(ErrorCode),
+    /// Nothing received within the idle timeout.
+    Idle,
+    /// Too much was waiting to be written to it.
+    SlowConsumer,
+    /// The handshake did not complete in time.
+    HandshakeTimeout,
+    /// The connection moved to its home shard.
+    HandedOff,
+}
+
+/// What the shard asks of the IO layer and of its peers.
+#[derive(Debug)]
+pub enum ShardEvent {
+    /// Write out what `poll_transmit` still has for this connection, then close it.
+    Close {
+        /// The connection.
+        conn: ConnId,
+        /// Why.
+        reason: CloseReason,
+    },
+    /// Move this connection (its socket and [`Shard::take_handoff`]) to shard `to`.
+    HandOff {
+        /// The connection.
+        conn: ConnId,
+        /// Its home shard.
+        to: ShardId,
+    },
+    /// Send `message` to shard `to` over the shard link.
+    ToShard {
+        /// The target shard.
+        to: ShardId,
+        /// The message.
+        message: ShardMessage,
+    },
+    /// Send `message` to control.
+    ToControl(ControlRequest),
+}
+
+/// Messages between shards.
+#[derive(Debug)]
+pub enum ShardMessage {
+    /// An envelope for a device homed on the receiving shard.
+    Envelope(Box<Envelope>),
+    /// The outcome for an envelope that came from the receiving shard.
+    Outcome {
+        /// Where the envelope came from.
+        origin: Origin,
+        /// Its id.
+        message: MessageId,
+        /// Delivered or stored.
+        status: SendStatus,
+    },
+}
+
+/// Requests from a shard to control.
+#[derive(Debug)]
+pub enum ControlRequest {
+    /// Store this envelope durably; answer with [`ControlEvent::Stored`] to its origin shard.
+    Store(Box<Envelope>),
+    /// The device acknowledged these stored envelopes; they may be deleted.
+    Acknowledged {
+        /// The device.
+        device: DeviceId,
+        /// The envelope ids.
+        messages: Vec<MessageId>,
+    },
+    /// The device is online on this shard (drain its stored envelopes here).
+    SessionOpened {
+        /// The device.
+        device: DeviceId,
+    },
+    /// The device went offline.
+    SessionClosed {
+        /// The device.
+        device: DeviceId,
+    },
+}
+
+/// Events from control to a shard.
+#[derive(Debug)]
+pub enum ControlEvent {
+    /// The envelope is durably stored: acknowledge it to its sender.
+    Stored {
+        /// Where it came from.
+        origin: Origin,
+        /// Its id.
+        message: MessageId,
+    },
+    /// A stored envelope for a device homed here: deliver it if the device is online.
+    Deliver(Box<Envelope>),
+}
+
+/// Counters a shard publishes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ShardStats {
+    /// Connections accepted.
+    pub conns_accepted: u64,
+    /// Connections refused at the limit.
+    pub conns_refused: u64,
+    /// Handshakes completed.
+    pub handshakes: u64,
+    /// Handshake packets refused.
+    pub handshakes_failed: u64,
+    /// Frames received.
+    pub frames_in: u64,
+    /// Frames sent.
+    pub frames_out: u64,
+    /// Envelopes delivered to a local session.
+    pub delivered_local: u64,
+    /// Envelopes sent to another shard.
+    pub routed_remote: u64,
+    /// Envelopes sent to control for storage.
+    pub stored: u64,
+    /// Recipients disconnected for being too slow.
+    pub slow_consumers: u64,
+}
+
+/// One shard. See the crate documentation for how to drive it.
+pub struct Shard<R: Rng> {
+    config: ShardConfig,
+    responder: Responder,
+    rng: R,
+    conns: conn::Slab,
+    /// Devices homed here with a live session, and that session's connection.
+    online: BTreeMap<DeviceId, ConnId>,
+    events: VecDeque<ShardEvent>,
+    stats: ShardStats,
+    /// Reused buffer for handshake replies.
+    scratch: Vec<u8>,
+    /// A reading of the wall clock: (monotonic, Unix ms), for timestamps sent to clients.
+    wall_clock: (Instant, u64),
+}
+
+impl<R: Rng> core::fmt::Debug for Shard<R> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Shard")
+            .field("shard", &self.config.shard)
+            .field("conns", &self.conns.len())
+            .field("online", &self.online.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<R: Rng> Shard<R> {
+    /// A shard with the server's static key.
+    pub fn new(now: Instant, config: ShardConfig, key: StaticKeypair, mut rng: R) -> Self {
+        let responder = Responder::new(now, config.responder, key, &mut rng);
+        Self {
+            config,
+            responder,
+            rng,
+            conns: conn::Slab::new(config.conns_max),
+            online: BTreeMap::new(),
+            events: VecDeque::new(),
+            stats: ShardStats::default(),
+            scratch: vec![0u8; 2048],
+            wall_clock: (now, 0),
+        }
+    }
+
+    /// Tells the shard the wall-clock time (ms since the Unix epoch) at `now`; the IO layer
+    /// calls this at start and now and then, since the shard reads no clock.
+    pub fn handle_wall_clock(&mut self, now: Instant, unix_ms: u64) {
+        self.wall_clock = (now, unix_ms);
+    }
+
+    /// Wall-clock milliseconds at `now`, from the last reading.
+    pub(crate) fn unix_ms(&self, now: Instant) -> u64 {
+        let (then, unix_ms) = self.wall_clock;
+        let elapsed = now.saturating_duration_since(then).as_millis();
+        unix_ms.saturating_add(u64::try_from(elapsed).unwrap_or(u64::MAX))
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> ShardStats {
+        self.stats
+    }
+
+    /// Live connections.
+    pub fn conns_len(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// Whether `device` has a live session on this shard.
+    pub fn is_online(&self, device: DeviceId) -> bool {
+        self.online.contains_key(&device)
+    }
+
+    /// The responder, for key rotation and load control.
+    pub fn responder_mut(&mut self) -> &mut Responder {
+        &mut self.responder
+    }
+
+    /// A new TCP connection from `peer`. `None`: refused at the limit (close it at once).
+    pub fn handle_connect(&mut self, now: Instant, peer: SocketAddr) -> Option<ConnId> {
+        let id = self.conns.insert(Conn::new(now, peer));
+        match id {
+            Some(_) => self.stats.conns_accepted += 1,
+            None => self.stats.conns_refused += 1,
+        }
+        id
+    }
+
+    /// Bytes read from a connection.
+    pub fn handle_received(&mut self, now: Instant, id: ConnId, bytes: &[u8]) {
+        let Some(conn) = self.conns.get_mut(id) else {
+            return;
+        };
+        conn.last_rx = now;
+        if conn.inbound.len() + bytes.len() > conn::INBOUND_BYTES_MAX {
+            self.close(id, CloseReason::Protocol(ErrorCode::FRAME_TOO_LARGE));
+            return;
+        }
+        conn.inbound.extend_from_slice(bytes);
+        self.process_inbound(now, id);
+    }
+
+    fn process_inbound(&mut self, now: Instant, id: ConnId) {
+        loop {
+            let Some(conn) = self.conns.get_mut(id) else {
+                return;
+            };
+            match &mut conn.state {
+                ConnState::Handshaking => {
+                    let Some(packet) = conn::take_handshake_packet(&mut conn.inbound) else {
+                        return;
+                    };
+                    if !self.handle_handshake_packet(now, id, &packet) {
+                        return;
+                    }
+                }
+                ConnState::Established(_) => {
+                    self.process_records(now, id);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Returns whether to go on reading the connection.
+    fn handle_handshake_packet(&mut self, now: Instant, id: ConnId, packet: &[u8]) -> bool {
+        let Some(conn) = self.conns.get_mut(id) else {
+            return false;
+        };
+        let peer = conn.peer;
+        let result =
+            self.responder
+                .handle_packet(now, peer, packet, &mut self.scratch, &mut self.rng);
+        match result {
+            Ok(ResponderEvent::CookieSent { len } | ResponderEvent::Continue { len }) => {
+                conn.queue_handshake(&self.scratch[..len]);
+                true
+            }
+            Ok(ResponderEvent::Established { reply_len, session }) => {
+                if let Some(len) = reply_len {
+                    conn.queue_handshake(&self.scratch[..len]);
+                }
+                self.stats.handshakes += 1;
+                let device = session.peer.device();
+                conn.state = ConnState::Established(Box::new(Established::new(now, &session)));
+                let home = home_shard(device, self.config.shard_count, self.config.routing_key);
+                if home != self.config.shard {
+                    self.events
+                        .push_back(ShardEvent::HandOff { conn: id, to: home });
+                    return false;
+                }
+                self.session_opened(id, device);
+                true
+            }
+            Err(error) => {
+                self.stats.handshakes_failed += 1;
+                let _: HandshakeError = error;
+                self.close(id, CloseReason::Crypto);
+                false
+            }
+        }
+    }
+
+    fn session_opened(&mut self, id: ConnId, device: DeviceId) {
+        // A newer session of the same device replaces the older one.
+        if let Some(old) = self.online.insert(device, id)
+            && old != id
+        {
+            self.close(old, CloseReason::Protocol(ErrorCode::CONFLICT));
+            self.online.insert(device, id);
+        }
+        self.events
+            .push_back(ShardEvent::ToControl(ControlRequest::SessionOpened {
+                device,
+            }));
+    }
+
+    fn process_records(&mut self, now: Instant, id: ConnId) {
+        loop {
+            let Some(conn) = self.conns.get_mut(id) else {
+                return;
+            };
+            if conn.closing {
+                return;
+            }
+            let ConnState::Established(session) = &mut conn.state else {
+                return;
+            };
+            let opened = match session
+                .stream
+                .open_record(&mut conn.inbound[conn.inbound_at..])
+            {
+                Ok(Some(opened)) => opened,
+                Ok(None) => {
+                    conn.compact_inbound();
+                    return;
+                }
+                Err(_) => {
+                    self.close(id, CloseReason::Crypto);
+                    return;
+                }
+            };
+            let start = conn.inbound_at + opened.plaintext.start;
+            let end = conn.inbound_at + opened.plaintext.end;
+            conn.inbound_at += opened.consumed;
+            // Move the plaintext out of the connection so frames can be handled while the
+            // shard (and other connections) are mutated. The buffer is reused, not reallocated.
+            let mut plaintext = core::mem::take(&mut conn.record_scratch);
+            plaintext.clear();
+            plaintext.extend_from_slice(&conn.inbound[start..end]);
+            self.handle_plaintext(now, id, &plaintext);
+            if let Some(conn) = self.conns.get_mut(id) {
+                conn.record_scratch = plaintext;
+            }
+        }
+    }
+
+    fn handle_plaintext(&mut self, now: Instant, id: ConnId, plaintext: &[u8]) {
+        let Some(conn) = self.conns.get_mut(id) else {
+            return;
+        };
+        let ConnState::Established(session) = &mut conn.state else {
+            return;
+        };
+        let mut assembler = core::mem::replace(&mut session.assembler, FrameAssembler::new(0));
+        {
+            let mut frames = assembler.push(plaintext);
+            while let Some(frame) = frames.next_frame() {
+                if self.conns.get_mut(id).is_none_or(|conn| conn.closing) {
+                    break;
+                }
+                self.stats.frames_in += 1;
+                match frame {
+                    Ok(frame) => route::handle_frame(self, now, id, frame),
+                    Err(error) if error.is_fatal() => {
+                        self.send_error(id, error.error_code(), 0);
+                        self.close(id, CloseReason::Protocol(error.error_code()));
+                    }
+                    Err(error) => self.send_error(id, error.error_code(), 0),
+                }
+            }
+        }
+        if let Some(conn) = self.conns.get_mut(id)
+            && let ConnState::Established(session) = &mut conn.state
+        {
+            session.assembler = assembler;
+        }
+    }
+
+    fn send_error(&mut self, id: ConnId, code: ErrorCode, reference: u64) {
+        let frame = dp_proto::Frame::Error(dp_proto::ErrorFrame {
+            code,
+            frame_type: 0,
+            reference,
+            reason: "",
+        });
+        self.send_frame(id, &frame);
+    }
+
+    /// Queues `frame` on connection `id`; returns false (and disconnects the recipient) when
+    /// its outbound bound is exceeded.
+    fn send_frame(&mut self, id: ConnId, frame: &dp_proto::Frame<'_>) -> bool {
+        let bound = self.config.outbound_bytes_max;
+        let Some(conn) = self.conns.get_mut(id) else {
+            return false;
+        };
+        if conn.pending_bytes() + frame.encoded_len() > bound {
+            self.stats.slow_consumers += 1;
+            self.close(id, CloseReason::SlowConsumer);
+            return false;
+        }
+        let ok = conn.queue_frame(frame);
+        if ok {
+            self.stats.frames_out += 1;
+        }
+        ok
+    }
+
+    /// Bytes to write to connection `id`: sealed records (and handshake replies) in order.
+    /// After writing some, call [`Shard::handle_written`].
+    pub fn poll_transmit(&mut self, now: Instant, id: ConnId) -> &[u8] {
+        match self.conns.get_mut(id) {
+            Some(conn) => conn.seal_pending(now),
+            None => &[],
+        }
+    }
+
+    /// `n` bytes of [`Shard::poll_transmit`] were written.
+    pub fn handle_written(&mut self, id: ConnId, n: usize) {
+        if let Some(conn) = self.conns.get_mut(id) {
+            conn.consume_outbound(n);
+        }
+    }
+
+    /// The connection is gone (closed by the peer, an IO error, or after `Close`).
+    pub fn handle_closed(&mut self, id: ConnId) {
+        if let Some(conn) = self.conns.remove(id)
+            && let ConnState::Established(session) = conn.state
+        {
+            let device = session.device;
+            if self.online.get(&device) == Some(&id) {
+                self.online.remove(&device);
+                self.events
+                    .push_back(ShardEvent::ToControl(ControlRequest::SessionClosed {
+                        device,
+                    }));
+            }
+        }
+    }
+
+    fn close(&mut self, id: ConnId, reason: CloseReason) {
+        if let Some(conn) = self.conns.get_mut(id)
+            && !conn.closing
+        {
+            if let ConnState::Established(session) = &conn.state {
+                let device = session.device;
+                if self.online.get(&device) == Some(&id) {
+                    self.online.remove(&device);
+                    self.events
+                        .push_back(ShardEvent::ToControl(ControlRequest::SessionClosed {
+                            device,
+                        }));
+                }
+            }
+            conn.closing = true;
+            self.events
+                .push_back(ShardEvent::Close { conn: id, reason });
+        }
+    }
+
+    /// Takes a connection that [`ShardEvent::HandOff`] named, for [`Shard::adopt`] on its home
+    /// shard.
+    pub fn take_handoff(&mut self, id: ConnId) -> Option<Box<HandOff>> {
+        self.conns.remove(id).and_then(Conn::into_handoff)
+    }
+
+    /// Adopts a connection handed over by another shard; `None` if this shard is full.
+    pub fn adopt(&mut self, now: Instant, handoff: HandOff) -> Option<ConnId> {
+        let (conn, device) = Conn::from_handoff(now, handoff);
+        let id = self.conns.insert(conn)?;
+        self.session_opened(id, device);
+        self.process_records(now, id);
+        Some(id)
+    }
+
+    /// A message from another shard.
+    pub fn handle_shard_message(&mut self, now: Instant, message: ShardMessage) {
+        match message {
+            ShardMessage::Envelope(envelope) => route::deliver_or_store(self, now, envelope),
+            ShardMessage::Outcome {
+                origin,
+                message,
+                status,
+            } => {
+                route::acknowledge(self, origin, message, status);
+            }
+        }
+    }
+
+    /// An event from control.
+    pub fn handle_control(&mut self, now: Instant, event: ControlEvent) {
+        match event {
+            ControlEvent::Stored { origin, message } => {
+                route::acknowledge(self, origin, message, SendStatus::Stored);
+            }
+            ControlEvent::Deliver(envelope) => {
+                if let Some(&id) = self.online.get(&envelope.recipient) {
+                    route::deliver_local(self, now, id, &envelope);
+                }
+            }
+        }
+    }
+
+    /// Expires idle connections and handshakes, rotates the responder's secrets.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.responder.handle_timeout(now, &mut self.rng);
+        let idle = self.config.idle_timeout;
+        let expired: Vec<(ConnId, CloseReason)> = self
+            .conns
+            .iter()
+            .filter_map(|(id, conn)| conn.expired(now, idle).map(|reason| (id, reason)))
+            .collect();
+        for (id, reason) in expired {
+            self.close(id, reason);
+        }
+    }
+
+    /// The next time [`Shard::handle_timeout`] has work.
+    pub fn poll_timeout(&self) -> Instant {
+        self.responder.poll_timeout().min(
+            self.conns
+                .iter()
+                .map(|(_, conn)| conn.deadline(self.config.idle_timeout))
+                .min()
+                .unwrap_or(Instant(u64::MAX)),
+        )
+    }
+
+    /// The next event for the IO layer, peers or control.
+    pub fn poll_event(&mut self) -> Option<ShardEvent> {
+        self.events.pop_front()
+    }
+}
+
+#[cfg(test)]
+mod tests;
