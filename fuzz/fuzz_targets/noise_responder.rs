@@ -36,7 +36,7 @@ fuzz_target!(|data: &[u8]| {
     let mut out = [0u8; 2048];
     let before = responder.pending_len();
     if responder
-        .handle_packet(Instant(2), from, packet, &mut out, &mut rng)
+        .handle_packet(Instant(2), from, &packet, &mut out, &mut rng)
         .is_err()
     {
         assert_eq!(
