@@ -146,7 +146,10 @@ fn layers_depend_only_downwards() {
                 .to_string()
         })
         .collect();
-    assert!(workspace.contains("dp-shard"), "workspace members: {workspace:?}");
+    assert!(
+        workspace.contains("dp-shard"),
+        "workspace members: {workspace:?}"
+    );
     for (krate, allowed) in LAYERS {
         for dep in &deps[&ids[*krate]] {
             if workspace.contains(dep) {
