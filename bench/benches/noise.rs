@@ -104,6 +104,29 @@ fn responder_xk_finish(bencher: Bencher<'_, '_>, name: &str) {
         });
 }
 
+/// Baseline: one X25519 scalar multiplication (the ladder every Noise `DH()` runs). A responder
+/// does three per XK handshake (es, ee, se) and four per IK (es, ss, ee, se), plus a cheaper
+/// fixed-base one for its ephemeral key.
+#[divan::bench]
+fn baseline_x25519_dh(bencher: Bencher<'_, '_>) {
+    let point = curve25519_dalek::montgomery::MontgomeryPoint::mul_base_clamped([9u8; 32]);
+    bencher.counter(ItemsCount::new(1usize)).bench_local(|| {
+        divan::black_box(divan::black_box(point).mul_clamped(divan::black_box([7u8; 32])))
+    });
+}
+
+/// Baseline: one fixed-base X25519 multiplication (making an ephemeral public key).
+#[divan::bench]
+fn baseline_x25519_base(bencher: Bencher<'_, '_>) {
+    bencher.counter(ItemsCount::new(1usize)).bench_local(|| {
+        divan::black_box(
+            curve25519_dalek::montgomery::MontgomeryPoint::mul_base_clamped(divan::black_box(
+                [7u8; 32],
+            )),
+        )
+    });
+}
+
 const SIZES: [usize; 2] = [64, 1200];
 
 fn datagram_pair(cipher: Cipher) -> (DatagramSession, DatagramSession) {

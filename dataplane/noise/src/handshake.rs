@@ -113,7 +113,7 @@ fn build(
 ) -> Result<HandshakeState, HandshakeError> {
     let prologue = suite.prologue();
     let mut builder =
-        snow::Builder::with_resolver(params(suite)?, Box::new(Resolver::new(ephemeral)))
+        snow::Builder::with_resolver(params(suite)?, Box::new(Resolver::new(ephemeral, local)))
             .local_private_key(local.private())
             .and_then(|b| b.prologue(&prologue))
             .map_err(|_| HandshakeError::Noise)?;

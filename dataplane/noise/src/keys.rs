@@ -2,8 +2,6 @@
 
 use blake2::{Blake2s256, Digest};
 use dp_core::{DeviceId, Rng};
-use snow::params::DHChoice;
-use snow::resolvers::{CryptoResolver, DefaultResolver};
 use zeroize::Zeroizing;
 
 /// Length of an X25519 key.
@@ -54,12 +52,7 @@ impl StaticKeypair {
 
 /// The X25519 public key of `private`.
 pub fn x25519_public(private: &[u8; KEY_LEN]) -> [u8; KEY_LEN] {
-    let mut public = [0u8; KEY_LEN];
-    if let Some(mut dh) = DefaultResolver.resolve_dh(&DHChoice::Curve25519) {
-        dh.set(private);
-        public.copy_from_slice(dh.pubkey());
-    }
-    public
+    curve25519_dalek::montgomery::MontgomeryPoint::mul_base_clamped(*private).to_bytes()
 }
 
 /// The device id of a static public key: the first 16 bytes of BLAKE2s-256(key).
