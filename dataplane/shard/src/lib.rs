@@ -598,6 +598,3 @@ impl<R: Rng> Shard<R> {
         self.events.pop_front()
     }
 }
-
-#[cfg(test)]
-mod tests;

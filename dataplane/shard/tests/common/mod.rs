@@ -1,20 +1,29 @@
-//! Goal: shards relay envelopes between devices on the same and on different shards, store
-//! them for offline devices and deliver them on return, acknowledge only what was delivered or
-//! stored, and isolate slow or misbehaving peers. Method: two shards and in-memory clients on
-//! the real handshake, session and frame code, pumped to quiescence with a stand-in control.
+//! A test world: shards and in-memory clients on the real handshake, session and frame code,
+//! pumped to quiescence, with a stand-in control that stores envelopes in memory.
+#![allow(
+    dead_code,
+    unreachable_pub,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic
+)]
 
-use super::*;
 use dp_core::SeededRng;
+use dp_core::{DeviceId, Instant, MessageId};
+use dp_noise::StaticKeypair;
 use dp_noise::{Cipher, Initiator, InitiatorConfig, InitiatorEvent, Pattern, Suite};
-use dp_proto::{
-    DeliveryAck, Frame, FrameAssembler, Hello, MessageIds, Ping, Recipient, SendFrame, Versions,
+use dp_proto::{ErrorCode, SendStatus};
+use dp_proto::{Frame, FrameAssembler, Hello, Recipient, SendFrame, Versions};
+use dp_shard::{
+    CloseReason, ConnId, ControlEvent, ControlRequest, Envelope, Shard, ShardConfig, ShardEvent,
+    ShardId, home_shard,
 };
 
-const SHARDS: u16 = 2;
-const KEY: u64 = 0x5eed;
+pub const SHARDS: u16 = 2;
+pub const KEY: u64 = 0x5eed;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Got {
+pub enum Got {
     Welcome(DeviceId),
     Pong(u64),
     SendAck(MessageId, SendStatus),
@@ -22,38 +31,48 @@ enum Got {
     Error(ErrorCode),
 }
 
-struct Client {
-    key: StaticKeypair,
-    initiator: Initiator,
-    stream: Option<StreamSession>,
-    assembler: FrameAssembler,
-    shard: usize,
-    conn: ConnId,
-    rx: Vec<u8>,
-    got: Vec<Got>,
-    closed: Option<CloseReason>,
-    reading: bool,
+pub struct Client {
+    pub key: StaticKeypair,
+    pub initiator: Initiator,
+    pub stream: Option<StreamSession>,
+    pub assembler: FrameAssembler,
+    pub shard: usize,
+    pub conn: ConnId,
+    pub rx: Vec<u8>,
+    pub got: Vec<Got>,
+    pub closed: Option<CloseReason>,
+    pub reading: bool,
 }
 
-struct World {
-    now: Instant,
-    shards: Vec<Shard<SeededRng>>,
-    server: StaticKeypair,
-    clients: Vec<Client>,
-    stored: Vec<Envelope>,
-    rng: SeededRng,
+pub struct World {
+    pub now: Instant,
+    pub shards: Vec<Shard<SeededRng>>,
+    pub server: StaticKeypair,
+    pub clients: Vec<Client>,
+    pub stored: Vec<Envelope>,
+    pub rng: SeededRng,
 }
 
 use dp_noise::StreamSession;
 
+pub fn xk() -> Suite {
+    Suite::new(Pattern::Xk, Cipher::ChaChaPoly, false)
+}
+
 impl World {
-    fn new() -> Self {
+    pub fn new() -> Self {
+        Self::with(|_| {})
+    }
+
+    /// A world whose shard configurations `adjust` changes.
+    pub fn with(adjust: impl Fn(&mut ShardConfig)) -> Self {
         let mut rng = SeededRng::new(42);
         let server = StaticKeypair::generate(&mut rng);
         let now = Instant(1_000);
         let shards = (0..SHARDS)
             .map(|i| {
-                let config = ShardConfig::new(ShardId(i), SHARDS, KEY).unwrap();
+                let mut config = ShardConfig::new(ShardId(i), SHARDS, KEY).unwrap();
+                adjust(&mut config);
                 Shard::new(
                     now,
                     config,
@@ -73,7 +92,7 @@ impl World {
     }
 
     /// A fresh key whose home shard is `home`.
-    fn key_homed_on(&mut self, home: u16) -> StaticKeypair {
+    pub fn key_homed_on(&mut self, home: u16) -> StaticKeypair {
         loop {
             let key = StaticKeypair::generate(&mut self.rng);
             if home_shard(dp_noise::device_id(key.public()), SHARDS, KEY) == ShardId(home) {
@@ -84,7 +103,7 @@ impl World {
 
     /// A client whose key's home shard is `home`, connecting (by the kernel's choice) to
     /// shard `via`, that has completed the handshake and Hello.
-    fn connect(&mut self, home: u16, via: usize, suite: Suite) -> usize {
+    pub fn connect(&mut self, home: u16, via: usize, suite: Suite) -> usize {
         let key = self.key_homed_on(home);
         let index = self.handshake(key, via, suite);
         self.hello(index);
@@ -92,19 +111,19 @@ impl World {
     }
 
     /// Like `connect`, but without sending Hello.
-    fn connect_without_hello(&mut self, home: u16) -> usize {
+    pub fn connect_without_hello(&mut self, home: u16) -> usize {
         let key = self.key_homed_on(home);
         self.handshake(key, usize::from(home), xk())
     }
 
     /// Connects again with the key of an earlier client, through shard 0.
-    fn reconnect(&mut self, old: usize) -> usize {
+    pub fn reconnect(&mut self, old: usize) -> usize {
         let index = self.handshake(self.clients[old].key.clone(), 0, xk());
         self.hello(index);
         index
     }
 
-    fn handshake(&mut self, key: StaticKeypair, via: usize, suite: Suite) -> usize {
+    pub fn handshake(&mut self, key: StaticKeypair, via: usize, suite: Suite) -> usize {
         let config = InitiatorConfig {
             suite,
             local: key.clone(),
@@ -137,7 +156,7 @@ impl World {
         self.clients.len() - 1
     }
 
-    fn hello(&mut self, index: usize) {
+    pub fn hello(&mut self, index: usize) {
         let hello = Frame::Hello(Hello {
             versions: Versions::new(&[dp_proto::PROTOCOL_VERSION]).unwrap(),
             capabilities: dp_proto::Capabilities::EMPTY,
@@ -146,11 +165,11 @@ impl World {
         self.send(index, &hello);
     }
 
-    fn device(&self, client: usize) -> DeviceId {
+    pub fn device(&self, client: usize) -> DeviceId {
         dp_noise::device_id(self.clients[client].key.public())
     }
 
-    fn send(&mut self, client: usize, frame: &Frame<'_>) {
+    pub fn send(&mut self, client: usize, frame: &Frame<'_>) {
         let c = &mut self.clients[client];
         let mut plain = Vec::new();
         frame.encode_append(&mut plain).unwrap();
@@ -162,7 +181,7 @@ impl World {
         self.pump();
     }
 
-    fn send_envelope(&mut self, from: usize, to: usize, id: u8, body: &[u8]) -> MessageId {
+    pub fn send_envelope(&mut self, from: usize, to: usize, id: u8, body: &[u8]) -> MessageId {
         let message = MessageId([id; 16]);
         let recipient = Recipient::Device(self.device(to));
         self.send(
@@ -176,7 +195,7 @@ impl World {
         message
     }
 
-    fn pump(&mut self) {
+    pub fn pump(&mut self) {
         for _round in 0..64 {
             let mut busy = false;
             for s in 0..self.shards.len() {
@@ -205,7 +224,7 @@ impl World {
         panic!("no quiescence");
     }
 
-    fn handle_event(&mut self, s: usize, event: ShardEvent) {
+    pub fn handle_event(&mut self, s: usize, event: ShardEvent) {
         match event {
             ShardEvent::Close { conn, reason } => {
                 // Like the IO layer: write what is still queued (the Error frame), then close.
@@ -265,7 +284,7 @@ impl World {
         }
     }
 
-    fn client_receive(&mut self, c: usize, bytes: &[u8]) {
+    pub fn client_receive(&mut self, c: usize, bytes: &[u8]) {
         let now = self.now;
         let client = &mut self.clients[c];
         client.rx.extend_from_slice(bytes);
@@ -310,216 +329,4 @@ impl World {
             }
         }
     }
-}
-
-fn xk() -> Suite {
-    Suite::new(Pattern::Xk, Cipher::ChaChaPoly, false)
-}
-
-#[test]
-fn hello_welcome_and_ping() {
-    let mut w = World::new();
-    let a = w.connect(0, 0, xk());
-    assert_eq!(w.clients[a].got, vec![Got::Welcome(w.device(a))]);
-    w.send(a, &Frame::Ping(Ping { nonce: 77 }));
-    assert_eq!(w.clients[a].got.last(), Some(&Got::Pong(77)));
-}
-
-#[test]
-fn relay_on_one_shard_and_across_shards_both_ways() {
-    for (home_a, home_b) in [(0, 0), (0, 1), (1, 0)] {
-        let mut w = World::new();
-        let a = w.connect(home_a, 0, xk());
-        let b = w.connect(home_b, 1, Suite::new(Pattern::Ik, Cipher::AesGcm, true));
-        let m = w.send_envelope(a, b, 1, b"hi b");
-        assert_eq!(
-            w.clients[a].got.last(),
-            Some(&Got::SendAck(m, SendStatus::Delivered))
-        );
-        assert_eq!(
-            w.clients[b].got.last(),
-            Some(&Got::Deliver(m, w.device(a), b"hi b".to_vec()))
-        );
-        let m = w.send_envelope(b, a, 2, b"hi a");
-        assert_eq!(
-            w.clients[b].got.last(),
-            Some(&Got::SendAck(m, SendStatus::Delivered))
-        );
-        assert_eq!(
-            w.clients[a].got.last(),
-            Some(&Got::Deliver(m, w.device(b), b"hi a".to_vec()))
-        );
-        assert!(w.stored.is_empty());
-    }
-}
-
-#[test]
-fn connection_on_the_wrong_shard_is_handed_home() {
-    let mut w = World::new();
-    let a = w.connect(1, 0, xk());
-    assert_eq!(w.clients[a].shard, 1);
-    assert!(w.shards[1].is_online(w.device(a)));
-    assert_eq!(w.shards[0].conns_len(), 0);
-    w.send(a, &Frame::Ping(Ping { nonce: 5 }));
-    assert_eq!(w.clients[a].got.last(), Some(&Got::Pong(5)));
-}
-
-#[test]
-fn offline_recipient_gets_the_backlog_on_return_and_ack_deletes_it() {
-    let mut w = World::new();
-    let a = w.connect(0, 0, xk());
-    // b's key exists, but b is not connected: make one, note its id, and drop the client.
-    let b = w.connect(1, 1, xk());
-    let b_key = w.clients[b].key.clone();
-    let (shard, conn) = (w.clients[b].shard, w.clients[b].conn);
-    w.shards[shard].handle_closed(conn);
-    w.clients[b].closed = Some(CloseReason::Peer);
-    let m = w.send_envelope(a, b, 3, b"while away");
-    assert_eq!(
-        w.clients[a].got.last(),
-        Some(&Got::SendAck(m, SendStatus::Stored))
-    );
-    assert_eq!(w.stored.len(), 1);
-    // b returns with the same key.
-    let b2 = w.reconnect(b);
-    assert_eq!(w.clients[b2].key.public(), b_key.public());
-    let delivered: Vec<_> = w.clients[b2]
-        .got
-        .iter()
-        .filter(|g| matches!(g, Got::Deliver(..)))
-        .cloned()
-        .collect();
-    assert_eq!(
-        delivered,
-        vec![Got::Deliver(m, w.device(a), b"while away".to_vec())]
-    );
-    let ids = [m];
-    w.send(
-        b2,
-        &Frame::DeliveryAck(DeliveryAck {
-            messages: MessageIds::new(&ids),
-        }),
-    );
-    assert!(w.stored.is_empty());
-}
-
-#[test]
-fn stuck_recipient_is_cut_off_and_the_sender_keeps_going() {
-    let mut w = World::new();
-    for s in &mut w.shards {
-        s.config.outbound_bytes_max = 64 * 1024;
-    }
-    let a = w.connect(0, 0, xk());
-    let b = w.connect(0, 1, xk());
-    w.clients[b].reading = false;
-    let body = vec![7u8; 4096];
-    let mut acks = 0;
-    for i in 0..40u8 {
-        let m = w.send_envelope(a, b, i, &body);
-        match w.clients[a].got.last() {
-            Some(Got::SendAck(id, SendStatus::Delivered | SendStatus::Stored)) if *id == m => {
-                acks += 1
-            }
-            other => panic!("no ack for message {i}: {other:?}"),
-        }
-    }
-    assert_eq!(acks, 40);
-    assert_eq!(w.clients[b].closed, Some(CloseReason::SlowConsumer));
-    assert!(!w.stored.is_empty(), "what b could not take was stored");
-    assert!(w.shards[0].stats().slow_consumers >= 1);
-}
-
-#[test]
-fn frames_before_hello_are_refused() {
-    let mut w = World::new();
-    let a = w.connect_without_hello(0);
-    let message = MessageId([9; 16]);
-    let recipient = Recipient::Device(w.device(a));
-    w.send(
-        a,
-        &Frame::Send(SendFrame {
-            message,
-            recipient,
-            body: b"x",
-        }),
-    );
-    assert_eq!(
-        w.clients[a].got.last(),
-        Some(&Got::Error(ErrorCode::UNEXPECTED_FRAME))
-    );
-    assert_eq!(
-        w.clients[a].closed,
-        Some(CloseReason::Protocol(ErrorCode::UNEXPECTED_FRAME))
-    );
-}
-
-#[test]
-fn garbage_handshake_closes_only_that_connection() {
-    let mut w = World::new();
-    let a = w.connect(0, 0, xk());
-    let bad = w.shards[0]
-        .handle_connect(w.now, "192.0.2.10:1".parse().unwrap())
-        .unwrap();
-    w.shards[0].handle_received(
-        w.now,
-        bad,
-        &[
-            0, 40, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22,
-            23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42,
-        ],
-    );
-    let mut closed = false;
-    while let Some(event) = w.shards[0].poll_event() {
-        if let ShardEvent::Close {
-            conn,
-            reason: CloseReason::Crypto,
-        } = event
-        {
-            closed |= conn == bad;
-        }
-    }
-    assert!(closed);
-    w.send(a, &Frame::Ping(Ping { nonce: 1 }));
-    assert_eq!(w.clients[a].got.last(), Some(&Got::Pong(1)));
-}
-
-#[test]
-fn idle_connections_time_out() {
-    let mut w = World::new();
-    let a = w.connect(0, 0, xk());
-    let later = w.now.saturating_add(Duration::from_secs(91));
-    assert!(w.shards[0].poll_timeout() <= later);
-    w.now = later;
-    w.shards[0].handle_timeout(later);
-    w.pump();
-    assert_eq!(w.clients[a].closed, Some(CloseReason::Idle));
-    assert!(!w.shards[0].is_online(w.device(a)));
-}
-
-#[test]
-fn home_shard_is_stable_keyed_and_spread() {
-    let mut counts = [0u32; 4];
-    let mut moved = 0;
-    for i in 0..4000u32 {
-        let mut id = [0u8; 16];
-        id[..4].copy_from_slice(&i.to_le_bytes());
-        let id = DeviceId(
-            dp_noise::device_id(&{
-                let mut k = [0u8; 32];
-                k[..16].copy_from_slice(&id);
-                k
-            })
-            .0,
-        );
-        let shard = home_shard(id, 4, 1);
-        assert_eq!(shard, home_shard(id, 4, 1));
-        counts[usize::from(shard.0)] += 1;
-        if home_shard(id, 4, 2) != shard {
-            moved += 1;
-        }
-    }
-    for count in counts {
-        assert!((800..1200).contains(&count), "{counts:?}");
-    }
-    assert!(moved > 2000, "the key must change the mapping");
 }

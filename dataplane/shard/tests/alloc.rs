@@ -1,0 +1,122 @@
+//! Goal: relaying a message on the shard path allocates nothing at steady state (DESIGN.md §2).
+//! Method: a counting global allocator, armed only around the shard's own calls — taking the
+//! sender's record in, sealing the Deliver for the recipient and the SendAck for the sender —
+//! while two devices on one shard exchange 1 KiB messages after a warm-up.
+#![allow(unsafe_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use common::*;
+use dp_core::MessageId;
+use dp_noise::StreamSession;
+use dp_proto::{Frame, Recipient, SendFrame};
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+
+struct Counting;
+
+thread_local! {
+    static ARMED: Cell<bool> = const { Cell::new(false) };
+    static COUNT: Cell<u64> = const { Cell::new(0) };
+}
+
+fn note() {
+    let _ = ARMED.try_with(|armed| {
+        if armed.get() {
+            let _ = COUNT.try_with(|count| count.set(count.get() + 1));
+        }
+    });
+}
+
+// SAFETY: every method forwards to the system allocator with the same arguments; counting
+// touches only const-initialised thread-locals, which never allocate.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        note();
+        // SAFETY: forwarded unchanged.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        note();
+        // SAFETY: forwarded unchanged.
+        unsafe { System.alloc_zeroed(layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        note();
+        // SAFETY: forwarded unchanged.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: forwarded unchanged.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+/// Seals `n` Send frames from client `from` to client `to`, as records, outside the count.
+fn sealed_sends(w: &mut World, from: usize, to: usize, n: usize, first: u32) -> Vec<Vec<u8>> {
+    let recipient = Recipient::Device(w.device(to));
+    let body = vec![0x42u8; 1024];
+    (0..n)
+        .map(|i| {
+            let mut id = [0u8; 16];
+            id[..4].copy_from_slice(&(first + i as u32).to_be_bytes());
+            let frame = Frame::Send(SendFrame {
+                message: MessageId(id),
+                recipient,
+                body: &body,
+            });
+            let mut plain = Vec::new();
+            frame.encode_append(&mut plain).unwrap();
+            let stream = w.clients[from].stream.as_mut().unwrap();
+            let mut out = vec![0u8; StreamSession::sealed_len_max(plain.len())];
+            let len = stream.seal_record(w.now, &plain, &mut out).unwrap();
+            out.truncate(len);
+            out
+        })
+        .collect()
+}
+
+/// Feeds records to the shard and drains both connections' output; returns the allocations
+/// the shard made meanwhile.
+fn relay(w: &mut World, from: usize, to: usize, records: &[Vec<u8>]) -> u64 {
+    let (shard, a, b) = (
+        w.clients[from].shard,
+        w.clients[from].conn,
+        w.clients[to].conn,
+    );
+    assert_eq!(shard, w.clients[to].shard);
+    let now = w.now;
+    let s = &mut w.shards[shard];
+    COUNT.with(|count| count.set(0));
+    let mut delivered = 0;
+    for record in records {
+        ARMED.with(|armed| armed.set(true));
+        s.handle_received(now, a, record);
+        let n = s.poll_transmit(now, b).len();
+        s.handle_written(b, n);
+        let m = s.poll_transmit(now, a).len();
+        s.handle_written(a, m);
+        ARMED.with(|armed| armed.set(false));
+        assert!(n > 1024 && m > 0, "a Deliver and a SendAck went out");
+        delivered += 1;
+        assert!(s.poll_event().is_none(), "a local relay raises no event");
+    }
+    assert_eq!(delivered, records.len());
+    COUNT.with(Cell::get)
+}
+
+#[test]
+fn relaying_allocates_nothing_at_steady_state() {
+    let mut w = World::new();
+    let a = w.connect(0, 0, xk());
+    let b = w.connect(0, 0, xk());
+    let warm_up = sealed_sends(&mut w, a, b, 64, 0);
+    relay(&mut w, a, b, &warm_up);
+    let steady = sealed_sends(&mut w, a, b, 2_000, 64);
+    let allocations = relay(&mut w, a, b, &steady);
+    assert_eq!(allocations, 0, "allocations while relaying 2 000 messages");
+    assert_eq!(w.shards[0].stats().delivered_local, 2_064);
+}

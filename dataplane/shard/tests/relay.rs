@@ -1,0 +1,219 @@
+//! Goal: shards relay envelopes between devices on the same and on different shards, store
+//! them for offline devices and deliver them on return, acknowledge only what was delivered or
+//! stored, and isolate slow or misbehaving peers. Method: two shards and in-memory clients on
+//! the real handshake, session and frame code, pumped to quiescence with a stand-in control.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use common::*;
+use core::time::Duration;
+use dp_core::{DeviceId, MessageId};
+use dp_noise::{Cipher, Pattern, Suite};
+use dp_proto::{DeliveryAck, ErrorCode, Frame, MessageIds, Ping, Recipient, SendFrame, SendStatus};
+use dp_shard::{CloseReason, ShardEvent, home_shard};
+
+#[test]
+fn hello_welcome_and_ping() {
+    let mut w = World::new();
+    let a = w.connect(0, 0, xk());
+    assert_eq!(w.clients[a].got, vec![Got::Welcome(w.device(a))]);
+    w.send(a, &Frame::Ping(Ping { nonce: 77 }));
+    assert_eq!(w.clients[a].got.last(), Some(&Got::Pong(77)));
+}
+
+#[test]
+fn relay_on_one_shard_and_across_shards_both_ways() {
+    for (home_a, home_b) in [(0, 0), (0, 1), (1, 0)] {
+        let mut w = World::new();
+        let a = w.connect(home_a, 0, xk());
+        let b = w.connect(home_b, 1, Suite::new(Pattern::Ik, Cipher::AesGcm, true));
+        let m = w.send_envelope(a, b, 1, b"hi b");
+        assert_eq!(
+            w.clients[a].got.last(),
+            Some(&Got::SendAck(m, SendStatus::Delivered))
+        );
+        assert_eq!(
+            w.clients[b].got.last(),
+            Some(&Got::Deliver(m, w.device(a), b"hi b".to_vec()))
+        );
+        let m = w.send_envelope(b, a, 2, b"hi a");
+        assert_eq!(
+            w.clients[b].got.last(),
+            Some(&Got::SendAck(m, SendStatus::Delivered))
+        );
+        assert_eq!(
+            w.clients[a].got.last(),
+            Some(&Got::Deliver(m, w.device(b), b"hi a".to_vec()))
+        );
+        assert!(w.stored.is_empty());
+    }
+}
+
+#[test]
+fn connection_on_the_wrong_shard_is_handed_home() {
+    let mut w = World::new();
+    let a = w.connect(1, 0, xk());
+    assert_eq!(w.clients[a].shard, 1);
+    assert!(w.shards[1].is_online(w.device(a)));
+    assert_eq!(w.shards[0].conns_len(), 0);
+    w.send(a, &Frame::Ping(Ping { nonce: 5 }));
+    assert_eq!(w.clients[a].got.last(), Some(&Got::Pong(5)));
+}
+
+#[test]
+fn offline_recipient_gets_the_backlog_on_return_and_ack_deletes_it() {
+    let mut w = World::new();
+    let a = w.connect(0, 0, xk());
+    // b's key exists, but b is not connected: make one, note its id, and drop the client.
+    let b = w.connect(1, 1, xk());
+    let b_key = w.clients[b].key.clone();
+    let (shard, conn) = (w.clients[b].shard, w.clients[b].conn);
+    w.shards[shard].handle_closed(conn);
+    w.clients[b].closed = Some(CloseReason::Peer);
+    let m = w.send_envelope(a, b, 3, b"while away");
+    assert_eq!(
+        w.clients[a].got.last(),
+        Some(&Got::SendAck(m, SendStatus::Stored))
+    );
+    assert_eq!(w.stored.len(), 1);
+    // b returns with the same key.
+    let b2 = w.reconnect(b);
+    assert_eq!(w.clients[b2].key.public(), b_key.public());
+    let delivered: Vec<_> = w.clients[b2]
+        .got
+        .iter()
+        .filter(|g| matches!(g, Got::Deliver(..)))
+        .cloned()
+        .collect();
+    assert_eq!(
+        delivered,
+        vec![Got::Deliver(m, w.device(a), b"while away".to_vec())]
+    );
+    let ids = [m];
+    w.send(
+        b2,
+        &Frame::DeliveryAck(DeliveryAck {
+            messages: MessageIds::new(&ids),
+        }),
+    );
+    assert!(w.stored.is_empty());
+}
+
+#[test]
+fn stuck_recipient_is_cut_off_and_the_sender_keeps_going() {
+    let mut w = World::with(|config| config.outbound_bytes_max = 64 * 1024);
+    let a = w.connect(0, 0, xk());
+    let b = w.connect(0, 1, xk());
+    w.clients[b].reading = false;
+    let body = vec![7u8; 4096];
+    let mut acks = 0;
+    for i in 0..40u8 {
+        let m = w.send_envelope(a, b, i, &body);
+        match w.clients[a].got.last() {
+            Some(Got::SendAck(id, SendStatus::Delivered | SendStatus::Stored)) if *id == m => {
+                acks += 1
+            }
+            other => panic!("no ack for message {i}: {other:?}"),
+        }
+    }
+    assert_eq!(acks, 40);
+    assert_eq!(w.clients[b].closed, Some(CloseReason::SlowConsumer));
+    assert!(!w.stored.is_empty(), "what b could not take was stored");
+    assert!(w.shards[0].stats().slow_consumers >= 1);
+}
+
+#[test]
+fn frames_before_hello_are_refused() {
+    let mut w = World::new();
+    let a = w.connect_without_hello(0);
+    let message = MessageId([9; 16]);
+    let recipient = Recipient::Device(w.device(a));
+    w.send(
+        a,
+        &Frame::Send(SendFrame {
+            message,
+            recipient,
+            body: b"x",
+        }),
+    );
+    assert_eq!(
+        w.clients[a].got.last(),
+        Some(&Got::Error(ErrorCode::UNEXPECTED_FRAME))
+    );
+    assert_eq!(
+        w.clients[a].closed,
+        Some(CloseReason::Protocol(ErrorCode::UNEXPECTED_FRAME))
+    );
+}
+
+#[test]
+fn garbage_handshake_closes_only_that_connection() {
+    let mut w = World::new();
+    let a = w.connect(0, 0, xk());
+    let bad = w.shards[0]
+        .handle_connect(w.now, "192.0.2.10:1".parse().unwrap())
+        .unwrap();
+    w.shards[0].handle_received(
+        w.now,
+        bad,
+        &[
+            0, 40, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22,
+            23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42,
+        ],
+    );
+    let mut closed = false;
+    while let Some(event) = w.shards[0].poll_event() {
+        if let ShardEvent::Close {
+            conn,
+            reason: CloseReason::Crypto,
+        } = event
+        {
+            closed |= conn == bad;
+        }
+    }
+    assert!(closed);
+    w.send(a, &Frame::Ping(Ping { nonce: 1 }));
+    assert_eq!(w.clients[a].got.last(), Some(&Got::Pong(1)));
+}
+
+#[test]
+fn idle_connections_time_out() {
+    let mut w = World::new();
+    let a = w.connect(0, 0, xk());
+    let later = w.now.saturating_add(Duration::from_secs(91));
+    assert!(w.shards[0].poll_timeout() <= later);
+    w.now = later;
+    w.shards[0].handle_timeout(later);
+    w.pump();
+    assert_eq!(w.clients[a].closed, Some(CloseReason::Idle));
+    assert!(!w.shards[0].is_online(w.device(a)));
+}
+
+#[test]
+fn home_shard_is_stable_keyed_and_spread() {
+    let mut counts = [0u32; 4];
+    let mut moved = 0;
+    for i in 0..4000u32 {
+        let mut id = [0u8; 16];
+        id[..4].copy_from_slice(&i.to_le_bytes());
+        let id = DeviceId(
+            dp_noise::device_id(&{
+                let mut k = [0u8; 32];
+                k[..16].copy_from_slice(&id);
+                k
+            })
+            .0,
+        );
+        let shard = home_shard(id, 4, 1);
+        assert_eq!(shard, home_shard(id, 4, 1));
+        counts[usize::from(shard.0)] += 1;
+        if home_shard(id, 4, 2) != shard {
+            moved += 1;
+        }
+    }
+    for count in counts {
+        assert!((800..1200).contains(&count), "{counts:?}");
+    }
+    assert!(moved > 2000, "the key must change the mapping");
+}
