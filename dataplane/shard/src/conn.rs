@@ -1,14 +1,21 @@
 //! Connections: their buffers, their state, and the slab that holds them.
 
+use crate::route::InFlight;
 use core::net::SocketAddr;
 use core::time::Duration;
 use dp_core::limits::{HANDSHAKE_TIMEOUT, RECORD_PLAINTEXT_LEN_MAX};
 use dp_core::{DeviceId, Instant};
 use dp_noise::{Established as Handshake, StreamSession};
 use dp_proto::{Frame, FrameAssembler};
+use std::collections::VecDeque;
 
 /// The most bytes of one handshake packet on a stream (the largest is about 1.3 KB).
 pub(crate) const HANDSHAKE_PACKET_LEN_MAX: usize = 2048;
+/// The most envelopes queued to one connection and not yet acknowledged by it; past this the
+/// recipient counts as stuck and is disconnected (its envelopes are stored).
+pub(crate) const INFLIGHT_MAX: usize = 4096;
+/// The most recycled envelope bodies a shard keeps.
+pub(crate) const BODY_POOL_MAX: usize = 4096;
 /// The most received bytes a connection may hold unprocessed: one whole record.
 pub(crate) const INBOUND_BYTES_MAX: usize = 2 + u16::MAX as usize + HANDSHAKE_PACKET_LEN_MAX;
 
@@ -60,6 +67,8 @@ pub(crate) struct Conn {
     /// Bytes ready to write, from `outbound_at` on.
     outbound: Vec<u8>,
     outbound_at: usize,
+    /// Envelopes queued to this connection and not yet acknowledged, oldest first.
+    pub(crate) inflight: VecDeque<InFlight>,
 }
 
 /// A connection moving to its home shard: everything but the socket, which the IO layer moves.
@@ -93,6 +102,7 @@ impl Conn {
             plain_out: Vec::new(),
             outbound: Vec::new(),
             outbound_at: 0,
+            inflight: VecDeque::new(),
         }
     }
 
@@ -109,9 +119,8 @@ impl Conn {
         }))
     }
 
-    pub(crate) fn from_handoff(now: Instant, handoff: HandOff) -> (Self, DeviceId) {
-        let device = handoff.session.device;
-        let conn = Self {
+    pub(crate) fn from_handoff(now: Instant, handoff: HandOff) -> Self {
+        Self {
             peer: handoff.peer,
             state: ConnState::Established(handoff.session),
             closing: false,
@@ -123,8 +132,8 @@ impl Conn {
             plain_out: handoff.plain_out,
             outbound: handoff.outbound,
             outbound_at: 0,
-        };
-        (conn, device)
+            inflight: VecDeque::new(),
+        }
     }
 
     pub(crate) fn queue_handshake(&mut self, packet: &[u8]) {

@@ -209,6 +209,8 @@ pub struct Shard<R: Rng> {
     stats: ShardStats,
     /// Reused buffer for handshake replies.
     scratch: Vec<u8>,
+    /// Recycled envelope bodies for in-flight copies, so steady relaying allocates nothing.
+    bodies: Vec<Vec<u8>>,
     /// A reading of the wall clock: (monotonic, Unix ms), for timestamps sent to clients.
     wall_clock: (Instant, u64),
 }
@@ -236,6 +238,7 @@ impl<R: Rng> Shard<R> {
             events: VecDeque::new(),
             stats: ShardStats::default(),
             scratch: vec![0u8; 2048],
+            bodies: Vec::new(),
             wall_clock: (now, 0),
         }
     }
@@ -346,7 +349,6 @@ impl<R: Rng> Shard<R> {
                         .push_back(ShardEvent::HandOff { conn: id, to: home });
                     return false;
                 }
-                self.session_opened(id, device);
                 true
             }
             Err(error) => {
@@ -358,8 +360,9 @@ impl<R: Rng> Shard<R> {
         }
     }
 
-    fn session_opened(&mut self, id: ConnId, device: DeviceId) {
-        // A newer session of the same device replaces the older one.
+    /// The device said Hello: its session is ready for deliveries (so `Welcome` is always the
+    /// first frame a client reads). A newer session of the same device replaces the older one.
+    pub(crate) fn session_opened(&mut self, id: ConnId, device: DeviceId) {
         if let Some(old) = self.online.insert(device, id)
             && old != id
         {
@@ -491,9 +494,12 @@ impl<R: Rng> Shard<R> {
 
     /// The connection is gone (closed by the peer, an IO error, or after `Close`).
     pub fn handle_closed(&mut self, id: ConnId) {
-        if let Some(conn) = self.conns.remove(id)
-            && let ConnState::Established(session) = conn.state
-        {
+        if let Some(mut conn) = self.conns.remove(id) {
+            let inflight = core::mem::take(&mut conn.inflight);
+            route::store_inflight(self, inflight.into_iter());
+            let ConnState::Established(session) = conn.state else {
+                return;
+            };
             let device = session.device;
             if self.online.get(&device) == Some(&id) {
                 self.online.remove(&device);
@@ -520,8 +526,11 @@ impl<R: Rng> Shard<R> {
                 }
             }
             conn.closing = true;
+            // Store what it held before anything newer (order per sender is kept).
+            let inflight = core::mem::take(&mut conn.inflight);
             self.events
                 .push_back(ShardEvent::Close { conn: id, reason });
+            route::store_inflight(self, inflight.into_iter());
         }
     }
 
@@ -533,17 +542,15 @@ impl<R: Rng> Shard<R> {
 
     /// Adopts a connection handed over by another shard; `None` if this shard is full.
     pub fn adopt(&mut self, now: Instant, handoff: HandOff) -> Option<ConnId> {
-        let (conn, device) = Conn::from_handoff(now, handoff);
-        let id = self.conns.insert(conn)?;
-        self.session_opened(id, device);
+        let id = self.conns.insert(Conn::from_handoff(now, handoff))?;
         self.process_records(now, id);
         Some(id)
     }
 
     /// A message from another shard.
-    pub fn handle_shard_message(&mut self, now: Instant, message: ShardMessage) {
+    pub fn handle_shard_message(&mut self, _now: Instant, message: ShardMessage) {
         match message {
-            ShardMessage::Envelope(envelope) => route::deliver_or_store(self, now, envelope),
+            ShardMessage::Envelope(envelope) => route::deliver_or_store(self, envelope),
             ShardMessage::Outcome {
                 origin,
                 message,
@@ -555,14 +562,15 @@ impl<R: Rng> Shard<R> {
     }
 
     /// An event from control.
-    pub fn handle_control(&mut self, now: Instant, event: ControlEvent) {
+    pub fn handle_control(&mut self, _now: Instant, event: ControlEvent) {
         match event {
             ControlEvent::Stored { origin, message } => {
                 route::acknowledge(self, origin, message, SendStatus::Stored);
             }
             ControlEvent::Deliver(envelope) => {
                 if let Some(&id) = self.online.get(&envelope.recipient) {
-                    route::deliver_local(self, now, id, &envelope);
+                    // Already stored: if this fails the envelope simply stays in storage.
+                    route::deliver_local(self, id, &envelope.as_ref_stored(true));
                 }
             }
         }

@@ -41,6 +41,51 @@ pub struct Envelope {
     pub origin: Origin,
 }
 
+/// An envelope borrowed from a received frame, copied only if it must outlive it.
+pub(crate) struct EnvelopeRef<'a> {
+    pub(crate) message: MessageId,
+    pub(crate) sender: DeviceId,
+    pub(crate) recipient: DeviceId,
+    pub(crate) sent_at_ms: u64,
+    pub(crate) body: &'a [u8],
+    pub(crate) origin: Origin,
+    /// Control holds a durable copy (a drain of stored envelopes).
+    pub(crate) stored: bool,
+}
+
+impl EnvelopeRef<'_> {
+    fn to_owned(&self) -> Envelope {
+        Envelope {
+            message: self.message,
+            sender: self.sender,
+            recipient: self.recipient,
+            sent_at_ms: self.sent_at_ms,
+            body: self.body.to_vec(),
+            origin: self.origin,
+        }
+    }
+}
+
+impl Envelope {
+    pub(crate) fn as_ref_stored(&self, stored: bool) -> EnvelopeRef<'_> {
+        EnvelopeRef {
+            message: self.message,
+            sender: self.sender,
+            recipient: self.recipient,
+            sent_at_ms: self.sent_at_ms,
+            body: &self.body,
+            origin: self.origin,
+            stored,
+        }
+    }
+}
+
+/// An envelope queued to a recipient and not yet acknowledged by it.
+pub(crate) struct InFlight {
+    pub(crate) envelope: Envelope,
+    pub(crate) stored: bool,
+}
+
 /// Capabilities this server offers today.
 const SERVER_CAPABILITIES: Capabilities = Capabilities::HYBRID_PQ;
 
@@ -94,6 +139,7 @@ pub(crate) fn handle_frame<R: Rng>(
                 server_time_ms: shard.unix_ms(now),
             };
             shard.send_frame(id, &Frame::Welcome(welcome));
+            shard.session_opened(id, device);
         }
         _ if !hello_done => {
             shard.send_error(id, ErrorCode::UNEXPECTED_FRAME, 0);
@@ -104,15 +150,7 @@ pub(crate) fn handle_frame<R: Rng>(
             shard.send_frame(id, &Frame::Capabilities(CapabilitiesFrame { capabilities }));
         }
         Frame::Send(send) => handle_send(shard, now, id, device, &send),
-        Frame::DeliveryAck(ack) => {
-            let messages = ack.messages.iter().collect();
-            shard
-                .events
-                .push_back(ShardEvent::ToControl(ControlRequest::Acknowledged {
-                    device,
-                    messages,
-                }));
-        }
+        Frame::DeliveryAck(ack) => handle_delivery_ack(shard, id, device, ack.messages.iter()),
         _ => shard.send_error(id, ErrorCode::UNEXPECTED_FRAME, 0),
     }
 }
@@ -138,43 +176,33 @@ fn handle_send<R: Rng>(
         shard.config.shard_count,
         shard.config.routing_key,
     );
-    if home == shard.config.shard
-        && let Some(&target) = shard.online.get(&recipient)
-    {
-        // The fast path: encode the Deliver straight from the borrowed Send, no copy, no
-        // allocation. If the recipient is too slow it is cut off and the envelope is stored.
-        let deliver = Deliver {
-            message: send.message,
-            sender,
-            conversation: ConversationId(0),
-            seq: 0,
-            sent_at_ms,
-            body: send.body,
-        };
-        if shard.send_frame(target, &Frame::Deliver(deliver)) {
-            shard.stats.delivered_local += 1;
-            ack(shard, id, send.message, SendStatus::Delivered);
-            return;
-        }
-    }
-    let envelope = Box::new(Envelope {
+    let envelope = EnvelopeRef {
         message: send.message,
         sender,
         recipient,
         sent_at_ms,
-        body: send.body.to_vec(),
+        body: send.body,
         origin: Origin {
             shard: shard.config.shard,
             conn: id,
         },
-    });
+        stored: false,
+    };
     if home == shard.config.shard {
-        store(shard, envelope);
+        // The fast path: encode the Deliver straight from the borrowed Send; the sender is
+        // acknowledged when the recipient acknowledges (or, if it goes away first, when the
+        // envelope is stored).
+        if let Some(&target) = shard.online.get(&recipient)
+            && deliver_local(shard, target, &envelope)
+        {
+            return;
+        }
+        store(shard, Box::new(envelope.to_owned()));
     } else {
         shard.stats.routed_remote += 1;
         shard.events.push_back(ShardEvent::ToShard {
             to: home,
-            message: ShardMessage::Envelope(envelope),
+            message: ShardMessage::Envelope(Box::new(envelope.to_owned())),
         });
     }
 }
@@ -187,51 +215,126 @@ fn store<R: Rng>(shard: &mut Shard<R>, envelope: Box<Envelope>) {
 }
 
 /// An envelope from another shard for a device homed here.
-pub(crate) fn deliver_or_store<R: Rng>(
-    shard: &mut Shard<R>,
-    now: Instant,
-    envelope: Box<Envelope>,
-) {
+pub(crate) fn deliver_or_store<R: Rng>(shard: &mut Shard<R>, envelope: Box<Envelope>) {
     if let Some(&target) = shard.online.get(&envelope.recipient)
-        && deliver_local(shard, now, target, &envelope)
+        && deliver_local(shard, target, &envelope.as_ref_stored(false))
     {
-        shard.events.push_back(ShardEvent::ToShard {
-            to: envelope.origin.shard,
-            message: ShardMessage::Outcome {
-                origin: envelope.origin,
-                message: envelope.message,
-                status: SendStatus::Delivered,
-            },
-        });
         return;
     }
     store(shard, envelope);
 }
 
-/// Queues `envelope` to the local connection `target`; false if the recipient was too slow
-/// (it is disconnected and the caller stores the envelope).
+/// Queues `envelope` to the local connection `target` and keeps a copy until the recipient
+/// acknowledges it. False if the recipient was too slow: it is disconnected (what it had in
+/// flight is stored) and the caller stores this envelope too.
 pub(crate) fn deliver_local<R: Rng>(
     shard: &mut Shard<R>,
-    _now: Instant,
     target: ConnId,
-    envelope: &Envelope,
+    envelope: &EnvelopeRef<'_>,
 ) -> bool {
+    let inflight_full = shard
+        .conns
+        .get_mut(target)
+        .is_none_or(|conn| conn.inflight.len() >= crate::conn::INFLIGHT_MAX);
+    if inflight_full {
+        shard.stats.slow_consumers += 1;
+        shard.close(target, CloseReason::SlowConsumer);
+        return false;
+    }
     let deliver = Deliver {
         message: envelope.message,
         sender: envelope.sender,
         conversation: ConversationId(0),
         seq: 0,
         sent_at_ms: envelope.sent_at_ms,
-        body: &envelope.body,
+        body: envelope.body,
     };
-    let delivered = shard.send_frame(target, &Frame::Deliver(deliver));
-    if delivered {
-        shard.stats.delivered_local += 1;
+    if !shard.send_frame(target, &Frame::Deliver(deliver)) {
+        return false;
     }
-    delivered
+    shard.stats.delivered_local += 1;
+    let mut body = shard.bodies.pop().unwrap_or_default();
+    body.clear();
+    body.extend_from_slice(envelope.body);
+    let copy = InFlight {
+        envelope: Envelope {
+            message: envelope.message,
+            sender: envelope.sender,
+            recipient: envelope.recipient,
+            sent_at_ms: envelope.sent_at_ms,
+            body,
+            origin: envelope.origin,
+        },
+        stored: envelope.stored,
+    };
+    if let Some(conn) = shard.conns.get_mut(target) {
+        conn.inflight.push_back(copy);
+    }
+    true
 }
 
-/// Tells the sender on this shard that its envelope was delivered or stored.
+/// The recipient acknowledged these envelopes: tell each sender "delivered" (on this shard or
+/// through its origin shard), tell control to delete those it had stored, and recycle the
+/// copies.
+fn handle_delivery_ack<R: Rng>(
+    shard: &mut Shard<R>,
+    id: ConnId,
+    device: DeviceId,
+    messages: impl Iterator<Item = MessageId>,
+) {
+    let mut stored = Vec::new();
+    for message in messages {
+        let Some(conn) = shard.conns.get_mut(id) else {
+            return;
+        };
+        let position = conn
+            .inflight
+            .iter()
+            .position(|f| f.envelope.message == message);
+        let Some(inflight) = position.and_then(|at| conn.inflight.remove(at)) else {
+            // Not in flight here: delivered from storage in an earlier session.
+            stored.push(message);
+            continue;
+        };
+        if inflight.stored {
+            stored.push(message);
+        } else {
+            acknowledge(
+                shard,
+                inflight.envelope.origin,
+                message,
+                SendStatus::Delivered,
+            );
+        }
+        if shard.bodies.len() < crate::conn::BODY_POOL_MAX {
+            shard.bodies.push(inflight.envelope.body);
+        }
+    }
+    if !stored.is_empty() {
+        shard
+            .events
+            .push_back(ShardEvent::ToControl(ControlRequest::Acknowledged {
+                device,
+                messages: stored,
+            }));
+    }
+}
+
+/// Envelopes a connection still had in flight when it closed: store those that came live, so
+/// their senders get "stored" and the recipient gets them on its next session.
+pub(crate) fn store_inflight<R: Rng>(
+    shard: &mut Shard<R>,
+    inflight: impl Iterator<Item = InFlight>,
+) {
+    for inflight in inflight {
+        if !inflight.stored {
+            store(shard, Box::new(inflight.envelope));
+        }
+    }
+}
+
+/// Tells the sender that its envelope was delivered or stored: directly if it is connected to
+/// this shard, else through its origin shard.
 pub(crate) fn acknowledge<R: Rng>(
     shard: &mut Shard<R>,
     origin: Origin,
@@ -240,6 +343,15 @@ pub(crate) fn acknowledge<R: Rng>(
 ) {
     if origin.shard == shard.config.shard {
         ack(shard, origin.conn, message, status);
+    } else {
+        shard.events.push_back(ShardEvent::ToShard {
+            to: origin.shard,
+            message: ShardMessage::Outcome {
+                origin,
+                message,
+                status,
+            },
+        });
     }
 }
 

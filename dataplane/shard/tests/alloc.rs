@@ -1,7 +1,8 @@
 //! Goal: relaying a message on the shard path allocates nothing at steady state (DESIGN.md §2).
 //! Method: a counting global allocator, armed only around the shard's own calls — taking the
-//! sender's record in, sealing the Deliver for the recipient and the SendAck for the sender —
-//! while two devices on one shard exchange 1 KiB messages after a warm-up.
+//! sender's record in, sealing the Deliver for the recipient (and keeping its copy until
+//! acknowledged), taking the recipient's DeliveryAck in, and sealing the SendAck for the
+//! sender — while two devices on one shard exchange 1 KiB messages after a warm-up.
 #![allow(unsafe_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -9,7 +10,7 @@ mod common;
 use common::*;
 use dp_core::MessageId;
 use dp_noise::StreamSession;
-use dp_proto::{Frame, Recipient, SendFrame};
+use dp_proto::{DeliveryAck, Frame, MessageIds, Recipient, SendFrame};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
@@ -55,33 +56,47 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static ALLOCATOR: Counting = Counting;
 
-/// Seals `n` Send frames from client `from` to client `to`, as records, outside the count.
-fn sealed_sends(w: &mut World, from: usize, to: usize, n: usize, first: u32) -> Vec<Vec<u8>> {
+fn message_id(i: u32) -> MessageId {
+    let mut id = [0u8; 16];
+    id[..4].copy_from_slice(&i.to_be_bytes());
+    MessageId(id)
+}
+
+/// Seals `frame` as a record from client `c`, outside the count.
+fn seal(w: &mut World, c: usize, frame: &Frame<'_>) -> Vec<u8> {
+    let mut plain = Vec::new();
+    frame.encode_append(&mut plain).unwrap();
+    let stream = w.clients[c].stream.as_mut().unwrap();
+    let mut out = vec![0u8; StreamSession::sealed_len_max(plain.len())];
+    let len = stream.seal_record(w.now, &plain, &mut out).unwrap();
+    out.truncate(len);
+    out
+}
+
+/// For messages `first..first + n`: the sender's Send records and the recipient's
+/// DeliveryAck records.
+fn records(w: &mut World, from: usize, to: usize, first: u32, n: u32) -> Vec<(Vec<u8>, Vec<u8>)> {
     let recipient = Recipient::Device(w.device(to));
     let body = vec![0x42u8; 1024];
-    (0..n)
+    (first..first + n)
         .map(|i| {
-            let mut id = [0u8; 16];
-            id[..4].copy_from_slice(&(first + i as u32).to_be_bytes());
-            let frame = Frame::Send(SendFrame {
-                message: MessageId(id),
+            let ids = [message_id(i)];
+            let send = Frame::Send(SendFrame {
+                message: ids[0],
                 recipient,
                 body: &body,
             });
-            let mut plain = Vec::new();
-            frame.encode_append(&mut plain).unwrap();
-            let stream = w.clients[from].stream.as_mut().unwrap();
-            let mut out = vec![0u8; StreamSession::sealed_len_max(plain.len())];
-            let len = stream.seal_record(w.now, &plain, &mut out).unwrap();
-            out.truncate(len);
-            out
+            let ack = Frame::DeliveryAck(DeliveryAck {
+                messages: MessageIds::new(&ids),
+            });
+            (seal(w, from, &send), seal(w, to, &ack))
         })
         .collect()
 }
 
-/// Feeds records to the shard and drains both connections' output; returns the allocations
-/// the shard made meanwhile.
-fn relay(w: &mut World, from: usize, to: usize, records: &[Vec<u8>]) -> u64 {
+/// Feeds each Send and its DeliveryAck to the shard and drains both connections' output;
+/// returns the allocations the shard made meanwhile.
+fn relay(w: &mut World, from: usize, to: usize, records: &[(Vec<u8>, Vec<u8>)]) -> u64 {
     let (shard, a, b) = (
         w.clients[from].shard,
         w.clients[from].conn,
@@ -91,20 +106,21 @@ fn relay(w: &mut World, from: usize, to: usize, records: &[Vec<u8>]) -> u64 {
     let now = w.now;
     let s = &mut w.shards[shard];
     COUNT.with(|count| count.set(0));
-    let mut delivered = 0;
-    for record in records {
+    for (send, ack) in records {
         ARMED.with(|armed| armed.set(true));
-        s.handle_received(now, a, record);
-        let n = s.poll_transmit(now, b).len();
-        s.handle_written(b, n);
-        let m = s.poll_transmit(now, a).len();
-        s.handle_written(a, m);
+        s.handle_received(now, a, send);
+        let deliver = s.poll_transmit(now, b).len();
+        s.handle_written(b, deliver);
+        s.handle_received(now, b, ack);
+        let send_ack = s.poll_transmit(now, a).len();
+        s.handle_written(a, send_ack);
         ARMED.with(|armed| armed.set(false));
-        assert!(n > 1024 && m > 0, "a Deliver and a SendAck went out");
-        delivered += 1;
+        assert!(
+            deliver > 1024 && send_ack > 0,
+            "a Deliver and a SendAck went out"
+        );
         assert!(s.poll_event().is_none(), "a local relay raises no event");
     }
-    assert_eq!(delivered, records.len());
     COUNT.with(Cell::get)
 }
 
@@ -113,9 +129,9 @@ fn relaying_allocates_nothing_at_steady_state() {
     let mut w = World::new();
     let a = w.connect(0, 0, xk());
     let b = w.connect(0, 0, xk());
-    let warm_up = sealed_sends(&mut w, a, b, 64, 0);
+    let warm_up = records(&mut w, a, b, 0, 64);
     relay(&mut w, a, b, &warm_up);
-    let steady = sealed_sends(&mut w, a, b, 2_000, 64);
+    let steady = records(&mut w, a, b, 64, 2_000);
     let allocations = relay(&mut w, a, b, &steady);
     assert_eq!(allocations, 0, "allocations while relaying 2 000 messages");
     assert_eq!(w.shards[0].stats().delivered_local, 2_064);

@@ -107,19 +107,21 @@ fn stuck_recipient_is_cut_off_and_the_sender_keeps_going() {
     let b = w.connect(0, 1, xk());
     w.clients[b].reading = false;
     let body = vec![7u8; 4096];
-    let mut acks = 0;
-    for i in 0..40u8 {
-        let m = w.send_envelope(a, b, i, &body);
-        match w.clients[a].got.last() {
-            Some(Got::SendAck(id, SendStatus::Delivered | SendStatus::Stored)) if *id == m => {
-                acks += 1
-            }
-            other => panic!("no ack for message {i}: {other:?}"),
-        }
-    }
-    assert_eq!(acks, 40);
+    let sent: Vec<MessageId> = (0..40u8).map(|i| w.send_envelope(a, b, i, &body)).collect();
+    // b never read: it was cut off, and everything it held went to storage, so every message
+    // was acknowledged to a (as stored), exactly once, and none was lost.
     assert_eq!(w.clients[b].closed, Some(CloseReason::SlowConsumer));
-    assert!(!w.stored.is_empty(), "what b could not take was stored");
+    let acked: Vec<MessageId> = w.clients[a]
+        .got
+        .iter()
+        .filter_map(|g| match g {
+            Got::SendAck(id, SendStatus::Stored) => Some(*id),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(acked, sent);
+    let stored: Vec<MessageId> = w.stored.iter().map(|e| e.message).collect();
+    assert_eq!(stored, sent);
     assert!(w.shards[0].stats().slow_consumers >= 1);
 }
 

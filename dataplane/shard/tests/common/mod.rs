@@ -12,8 +12,10 @@ use dp_core::SeededRng;
 use dp_core::{DeviceId, Instant, MessageId};
 use dp_noise::StaticKeypair;
 use dp_noise::{Cipher, Initiator, InitiatorConfig, InitiatorEvent, Pattern, Suite};
+use dp_proto::{
+    DeliveryAck, Frame, FrameAssembler, Hello, MessageIds, Recipient, SendFrame, Versions,
+};
 use dp_proto::{ErrorCode, SendStatus};
-use dp_proto::{Frame, FrameAssembler, Hello, Recipient, SendFrame, Versions};
 use dp_shard::{
     CloseReason, ConnId, ControlEvent, ControlRequest, Envelope, Shard, ShardConfig, ShardEvent,
     ShardId, home_shard,
@@ -42,6 +44,10 @@ pub struct Client {
     pub got: Vec<Got>,
     pub closed: Option<CloseReason>,
     pub reading: bool,
+    /// Acknowledge every Deliver at once (a well-behaved client).
+    pub auto_ack: bool,
+    /// Delivered ids not yet acknowledged.
+    pub unacked: Vec<MessageId>,
 }
 
 pub struct World {
@@ -151,6 +157,8 @@ impl World {
             got: Vec::new(),
             closed: None,
             reading: true,
+            auto_ack: true,
+            unacked: Vec::new(),
         });
         self.pump();
         self.clients.len() - 1
@@ -170,6 +178,12 @@ impl World {
     }
 
     pub fn send(&mut self, client: usize, frame: &Frame<'_>) {
+        self.send_raw(client, frame);
+        self.pump();
+    }
+
+    /// Seals `frame` from `client` and hands it to its shard, without pumping.
+    pub fn send_raw(&mut self, client: usize, frame: &Frame<'_>) {
         let c = &mut self.clients[client];
         let mut plain = Vec::new();
         frame.encode_append(&mut plain).unwrap();
@@ -178,7 +192,6 @@ impl World {
         let n = stream.seal_record(self.now, &plain, &mut out).unwrap();
         let (shard, conn) = (c.shard, c.conn);
         self.shards[shard].handle_received(self.now, conn, &out[..n]);
-        self.pump();
     }
 
     pub fn send_envelope(&mut self, from: usize, to: usize, id: u8, body: &[u8]) -> MessageId {
@@ -216,6 +229,12 @@ impl World {
                 busy = true;
                 self.shards[shard].handle_written(conn, bytes.len());
                 self.client_receive(c, &bytes);
+                // Like the client library: acknowledge every envelope received.
+                let acks = core::mem::take(&mut self.clients[c].unacked);
+                if self.clients[c].auto_ack && !acks.is_empty() {
+                    let ids = MessageIds::new(&acks);
+                    self.send_raw(c, &Frame::DeliveryAck(DeliveryAck { messages: ids }));
+                }
             }
             if !busy {
                 return;
@@ -322,7 +341,10 @@ impl World {
                     Frame::Welcome(w) => Got::Welcome(w.device),
                     Frame::Pong(p) => Got::Pong(p.nonce),
                     Frame::SendAck(a) => Got::SendAck(a.message, a.status),
-                    Frame::Deliver(d) => Got::Deliver(d.message, d.sender, d.body.to_vec()),
+                    Frame::Deliver(d) => {
+                        client.unacked.push(d.message);
+                        Got::Deliver(d.message, d.sender, d.body.to_vec())
+                    }
                     Frame::Error(e) => Got::Error(e.code),
                     other => panic!("unexpected {other:?}"),
                 });
