@@ -168,7 +168,10 @@ pub enum ControlEvent {
         /// Its id.
         message: MessageId,
     },
-    /// A stored envelope for a device homed here: deliver it if the device is online.
+    /// A stored envelope for a device homed here: deliver it if the device is online and its
+    /// connection has room; otherwise it stays stored. Control paces the drain: a window of
+    /// envelopes per device, more as [`ControlRequest::Acknowledged`] arrives, and a retry now
+    /// and then.
     Deliver(Box<Envelope>),
 }
 
@@ -457,6 +460,15 @@ impl<R: Rng> Shard<R> {
         self.send_frame(id, &frame);
     }
 
+    /// Whether `len` more bytes fit the outbound bound of connection `id` (false if it is gone
+    /// or closing).
+    pub(crate) fn has_room(&mut self, id: ConnId, len: usize) -> bool {
+        let bound = self.config.outbound_bytes_max;
+        self.conns
+            .get_mut(id)
+            .is_some_and(|conn| !conn.closing && conn.pending_bytes() + len <= bound)
+    }
+
     /// Queues `frame` on connection `id`; returns false (and disconnects the recipient) when
     /// its outbound bound is exceeded.
     fn send_frame(&mut self, id: ConnId, frame: &dp_proto::Frame<'_>) -> bool {
@@ -464,6 +476,9 @@ impl<R: Rng> Shard<R> {
         let Some(conn) = self.conns.get_mut(id) else {
             return false;
         };
+        if conn.closing {
+            return false;
+        }
         if conn.pending_bytes() + frame.encoded_len() > bound {
             self.stats.slow_consumers += 1;
             self.close(id, CloseReason::SlowConsumer);

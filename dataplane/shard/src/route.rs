@@ -225,31 +225,37 @@ pub(crate) fn deliver_or_store<R: Rng>(shard: &mut Shard<R>, envelope: Box<Envel
 }
 
 /// Queues `envelope` to the local connection `target` and keeps a copy until the recipient
-/// acknowledges it. False if the recipient was too slow: it is disconnected (what it had in
-/// flight is stored) and the caller stores this envelope too.
+/// acknowledges it. False if the recipient cannot take it: for live traffic the recipient is
+/// disconnected as too slow (what it had in flight is stored) and the caller stores this
+/// envelope too; an envelope drained from storage just stays stored.
 pub(crate) fn deliver_local<R: Rng>(
     shard: &mut Shard<R>,
     target: ConnId,
     envelope: &EnvelopeRef<'_>,
 ) -> bool {
-    let inflight_full = shard
-        .conns
-        .get_mut(target)
-        .is_none_or(|conn| conn.inflight.len() >= crate::conn::INFLIGHT_MAX);
-    if inflight_full {
-        shard.stats.slow_consumers += 1;
-        shard.close(target, CloseReason::SlowConsumer);
-        return false;
-    }
-    let deliver = Deliver {
+    let deliver = Frame::Deliver(Deliver {
         message: envelope.message,
         sender: envelope.sender,
         conversation: ConversationId(0),
         seq: 0,
         sent_at_ms: envelope.sent_at_ms,
         body: envelope.body,
-    };
-    if !shard.send_frame(target, &Frame::Deliver(deliver)) {
+    });
+    let inflight_full = shard
+        .conns
+        .get_mut(target)
+        .is_none_or(|conn| conn.inflight.len() >= crate::conn::INFLIGHT_MAX);
+    if envelope.stored && (inflight_full || !shard.has_room(target, deliver.encoded_len())) {
+        // A drain from storage waits for room (control retries as acknowledgements come);
+        // only live traffic that a recipient cannot take marks it as stuck.
+        return false;
+    }
+    if inflight_full {
+        shard.stats.slow_consumers += 1;
+        shard.close(target, CloseReason::SlowConsumer);
+        return false;
+    }
+    if !shard.send_frame(target, &deliver) {
         return false;
     }
     shard.stats.delivered_local += 1;

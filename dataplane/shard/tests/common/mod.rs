@@ -20,9 +20,12 @@ use dp_shard::{
     CloseReason, ConnId, ControlEvent, ControlRequest, Envelope, Shard, ShardConfig, ShardEvent,
     ShardId, home_shard,
 };
+use std::collections::{BTreeMap, BTreeSet};
 
 pub const SHARDS: u16 = 2;
 pub const KEY: u64 = 0x5eed;
+/// Stored envelopes control keeps in flight per device while draining.
+pub const DRAIN_WINDOW: usize = 4;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Got {
@@ -56,6 +59,8 @@ pub struct World {
     pub server: StaticKeypair,
     pub clients: Vec<Client>,
     pub stored: Vec<Envelope>,
+    /// Per device: stored envelopes sent to its current session, not yet acknowledged.
+    pub draining: BTreeMap<DeviceId, BTreeSet<MessageId>>,
     pub rng: SeededRng,
 }
 
@@ -93,6 +98,7 @@ impl World {
             server,
             clients: Vec::new(),
             stored: Vec::new(),
+            draining: BTreeMap::new(),
             rng,
         }
     }
@@ -287,20 +293,53 @@ impl World {
                 ControlRequest::SessionOpened { device } => {
                     let home = usize::from(home_shard(device, SHARDS, KEY).0);
                     assert_eq!(home, s, "sessions open on their home shard");
-                    for envelope in self.stored.iter().filter(|e| e.recipient == device) {
-                        self.shards[s].handle_control(
-                            self.now,
-                            ControlEvent::Deliver(Box::new(envelope.clone())),
-                        );
-                    }
+                    self.draining.remove(&device);
+                    self.drain(device);
                 }
                 ControlRequest::Acknowledged { device, messages } => {
                     self.stored
                         .retain(|e| !(e.recipient == device && messages.contains(&e.message)));
+                    if let Some(window) = self.draining.get_mut(&device) {
+                        window.retain(|m| !messages.contains(m));
+                    }
+                    self.drain(device);
                 }
-                ControlRequest::SessionClosed { .. } => {}
+                ControlRequest::SessionClosed { device } => {
+                    self.draining.remove(&device);
+                }
             },
         }
+    }
+
+    /// Control's paced drain: keeps up to `DRAIN_WINDOW` stored envelopes sent to the device's
+    /// session and not yet acknowledged.
+    pub fn drain(&mut self, device: DeviceId) {
+        let s = usize::from(home_shard(device, SHARDS, KEY).0);
+        if !self.shards[s].is_online(device) {
+            return;
+        }
+        let window = self.draining.entry(device).or_default();
+        let next: Vec<Envelope> = self
+            .stored
+            .iter()
+            .filter(|e| e.recipient == device && !window.contains(&e.message))
+            .take(DRAIN_WINDOW.saturating_sub(window.len()))
+            .cloned()
+            .collect();
+        for envelope in next {
+            window.insert(envelope.message);
+            self.shards[s].handle_control(self.now, ControlEvent::Deliver(Box::new(envelope)));
+        }
+    }
+
+    /// Control's retry timer: resend each online device's drain window.
+    pub fn retry_stored(&mut self) {
+        self.draining.clear();
+        let devices: BTreeSet<DeviceId> = self.stored.iter().map(|e| e.recipient).collect();
+        for device in devices {
+            self.drain(device);
+        }
+        self.pump();
     }
 
     pub fn client_receive(&mut self, c: usize, bytes: &[u8]) {
