@@ -512,17 +512,20 @@ impl<R: Rng> Shard<R> {
         if let Some(mut conn) = self.conns.remove(id) {
             let inflight = core::mem::take(&mut conn.inflight);
             route::store_inflight(self, inflight.into_iter());
-            let ConnState::Established(session) = conn.state else {
-                return;
-            };
-            let device = session.device;
-            if self.online.get(&device) == Some(&id) {
-                self.online.remove(&device);
-                self.events
-                    .push_back(ShardEvent::ToControl(ControlRequest::SessionClosed {
-                        device,
-                    }));
+            if let ConnState::Established(session) = conn.state {
+                self.go_offline(id, session.device);
             }
+        }
+    }
+
+    /// If `id` is `device`'s live session, the device is offline now: tell control.
+    fn go_offline(&mut self, id: ConnId, device: DeviceId) {
+        if self.online.get(&device) == Some(&id) {
+            self.online.remove(&device);
+            self.events
+                .push_back(ShardEvent::ToControl(ControlRequest::SessionClosed {
+                    device,
+                }));
         }
     }
 
@@ -530,19 +533,16 @@ impl<R: Rng> Shard<R> {
         if let Some(conn) = self.conns.get_mut(id)
             && !conn.closing
         {
-            if let ConnState::Established(session) = &conn.state {
-                let device = session.device;
-                if self.online.get(&device) == Some(&id) {
-                    self.online.remove(&device);
-                    self.events
-                        .push_back(ShardEvent::ToControl(ControlRequest::SessionClosed {
-                            device,
-                        }));
-                }
-            }
             conn.closing = true;
-            // Store what it held before anything newer (order per sender is kept).
+            let device = match &conn.state {
+                ConnState::Established(session) => Some(session.device),
+                ConnState::Handshaking => None,
+            };
             let inflight = core::mem::take(&mut conn.inflight);
+            if let Some(device) = device {
+                self.go_offline(id, device);
+            }
+            // Store what it held before anything newer (order per sender is kept).
             self.events
                 .push_back(ShardEvent::Close { conn: id, reason });
             route::store_inflight(self, inflight.into_iter());
