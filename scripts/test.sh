@@ -11,15 +11,8 @@ FUZZ_SECONDS="${FUZZ_SECONDS:-20}"
 step() { printf '\n==> %s\n' "$*"; }
 
 step "system packages"
-need=()
-for pkg in build-essential pkg-config python3 python3-pip python3-venv; do
-  dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
-done
-if [ "${#need[@]}" -gt 0 ]; then
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -q
-  apt-get install -y -q "${need[@]}"
-fi
+. scripts/packages.sh
+ensure_packages build-essential pkg-config python3 python3-pip python3-venv
 
 step "Rust components"
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
