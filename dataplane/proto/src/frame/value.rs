@@ -63,9 +63,9 @@ macro_rules! wire_enum {
 wire_enum! {
     /// The outcome a `SendAck` reports.
     pub enum SendStatus (SendStatus) {
-        /// Handed to at least one online recipient device.
+        /// The recipient device acknowledged it.
         Delivered = 0x01,
-        /// Stored for recipients that are offline.
+        /// Durably stored for a recipient that is offline (or went away before acknowledging).
         Stored = 0x02,
     }
 }
