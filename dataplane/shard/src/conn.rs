@@ -55,6 +55,10 @@ pub(crate) struct Conn {
     pub(crate) state: ConnState,
     /// Closing: input is ignored, queued output is still sealed and written.
     pub(crate) closing: bool,
+    /// Listed in the shard's dirty list.
+    pub(crate) dirty: bool,
+    /// Waiting to move to its home shard: input is buffered, not processed.
+    pub(crate) handing_off: bool,
     created: Instant,
     pub(crate) last_rx: Instant,
     /// Received bytes not yet processed, from `inbound_at` on.
@@ -94,6 +98,8 @@ impl Conn {
             peer,
             state: ConnState::Handshaking,
             closing: false,
+            dirty: false,
+            handing_off: false,
             created: now,
             last_rx: now,
             inbound: Vec::new(),
@@ -124,6 +130,8 @@ impl Conn {
             peer: handoff.peer,
             state: ConnState::Established(handoff.session),
             closing: false,
+            dirty: false,
+            handing_off: false,
             created: now,
             last_rx: now,
             inbound: handoff.inbound,

@@ -88,6 +88,8 @@ pub enum CloseReason {
     HandshakeTimeout,
     /// The connection moved to its home shard.
     HandedOff,
+    /// The server is shutting down (the client was sent `GoAway`).
+    ShuttingDown,
 }
 
 /// What the shard asks of the IO layer and of its peers.
@@ -214,6 +216,8 @@ pub struct Shard<R: Rng> {
     scratch: Vec<u8>,
     /// Recycled envelope bodies for in-flight copies, so steady relaying allocates nothing.
     bodies: Vec<Vec<u8>>,
+    /// Connections with output queued since the IO layer last asked.
+    dirty: Vec<ConnId>,
     /// A reading of the wall clock: (monotonic, Unix ms), for timestamps sent to clients.
     wall_clock: (Instant, u64),
 }
@@ -242,6 +246,7 @@ impl<R: Rng> Shard<R> {
             stats: ShardStats::default(),
             scratch: vec![0u8; 2048],
             bodies: Vec::new(),
+            dirty: Vec::new(),
             wall_clock: (now, 0),
         }
     }
@@ -308,6 +313,9 @@ impl<R: Rng> Shard<R> {
             let Some(conn) = self.conns.get_mut(id) else {
                 return;
             };
+            if conn.closing || conn.handing_off {
+                return;
+            }
             match &mut conn.state {
                 ConnState::Handshaking => {
                     let Some(packet) = conn::take_handshake_packet(&mut conn.inbound) else {
@@ -337,17 +345,21 @@ impl<R: Rng> Shard<R> {
         match result {
             Ok(ResponderEvent::CookieSent { len } | ResponderEvent::Continue { len }) => {
                 conn.queue_handshake(&self.scratch[..len]);
+                Self::mark_dirty(&mut self.dirty, conn, id);
                 true
             }
             Ok(ResponderEvent::Established { reply_len, session }) => {
                 if let Some(len) = reply_len {
                     conn.queue_handshake(&self.scratch[..len]);
+                    Self::mark_dirty(&mut self.dirty, conn, id);
                 }
                 self.stats.handshakes += 1;
                 let device = session.peer.device();
                 conn.state = ConnState::Established(Box::new(Established::new(now, &session)));
                 let home = home_shard(device, self.config.shard_count, self.config.routing_key);
                 if home != self.config.shard {
+                    // From now on bytes are only buffered: they belong to the home shard.
+                    conn.handing_off = true;
                     self.events
                         .push_back(ShardEvent::HandOff { conn: id, to: home });
                     return false;
@@ -485,6 +497,7 @@ impl<R: Rng> Shard<R> {
             return false;
         }
         let ok = conn.queue_frame(frame);
+        Self::mark_dirty(&mut self.dirty, conn, id);
         if ok {
             self.stats.frames_out += 1;
         }
@@ -549,6 +562,31 @@ impl<R: Rng> Shard<R> {
         }
     }
 
+    /// Starts a graceful shutdown: every session that said Hello is told `GoAway(SHUTTING_DOWN)`
+    /// (reconnect after `reconnect_after_ms`), and every connection is closed once its output
+    /// is written.
+    pub fn handle_shutdown(&mut self, reconnect_after_ms: u32) {
+        let ids: Vec<(ConnId, bool)> = self
+            .conns
+            .iter()
+            .map(|(id, conn)| {
+                let ready = matches!(&conn.state, ConnState::Established(s) if s.hello_done);
+                (id, ready)
+            })
+            .collect();
+        for (id, ready) in ids {
+            if ready {
+                let frame = dp_proto::Frame::GoAway(dp_proto::GoAway {
+                    code: ErrorCode::SHUTTING_DOWN,
+                    reconnect_after_ms,
+                    reason: "",
+                });
+                self.send_frame(id, &frame);
+            }
+            self.close(id, CloseReason::ShuttingDown);
+        }
+    }
+
     /// Takes a connection that [`ShardEvent::HandOff`] named, for [`Shard::adopt`] on its home
     /// shard.
     pub fn take_handoff(&mut self, id: ConnId) -> Option<Box<HandOff>> {
@@ -558,6 +596,9 @@ impl<R: Rng> Shard<R> {
     /// Adopts a connection handed over by another shard; `None` if this shard is full.
     pub fn adopt(&mut self, now: Instant, handoff: HandOff) -> Option<ConnId> {
         let id = self.conns.insert(Conn::from_handoff(now, handoff))?;
+        if let Some(conn) = self.conns.get_mut(id) {
+            Self::mark_dirty(&mut self.dirty, conn, id);
+        }
         self.process_records(now, id);
         Some(id)
     }
@@ -614,6 +655,25 @@ impl<R: Rng> Shard<R> {
                 .min()
                 .unwrap_or(Instant(u64::MAX)),
         )
+    }
+
+    fn mark_dirty(dirty: &mut Vec<ConnId>, conn: &mut Conn, id: ConnId) {
+        if !conn.dirty {
+            conn.dirty = true;
+            dirty.push(id);
+        }
+    }
+
+    /// The next connection with bytes to write since it was last returned here: write its
+    /// [`Shard::poll_transmit`]. Each connection appears at most once until drained.
+    pub fn poll_dirty(&mut self) -> Option<ConnId> {
+        while let Some(id) = self.dirty.pop() {
+            if let Some(conn) = self.conns.get_mut(id) {
+                conn.dirty = false;
+                return Some(id);
+            }
+        }
+        None
     }
 
     /// The next event for the IO layer, peers or control.

@@ -1,0 +1,129 @@
+//! The control thread, for now: it stores envelopes for offline devices **in memory** and
+//! drains them, paced, when a device comes online. Durable storage replaces the in-memory
+//! store with the control plane; the protocol with the shards stays as it is.
+
+use crate::link::{ControlLinks, WAKER};
+use core::time::Duration;
+use dp_core::{DeviceId, MessageId};
+use dp_shard::{ControlEvent, ControlRequest, Envelope, ShardId};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Stored envelopes sent to one device's session and not yet acknowledged.
+const DRAIN_WINDOW: usize = 64;
+/// Messages taken from one shard per loop iteration.
+const DRAIN_BUDGET: usize = 1024;
+/// How often unacknowledged drains are sent again.
+const RETRY_INTERVAL: Duration = Duration::from_secs(2);
+
+struct Control {
+    stored: Vec<Envelope>,
+    online: BTreeMap<DeviceId, ShardId>,
+    window: BTreeMap<DeviceId, BTreeSet<MessageId>>,
+    links: ControlLinks,
+}
+
+pub(crate) fn run(mut poll: mio::Poll, links: ControlLinks, stop: Arc<AtomicBool>) {
+    let mut control = Control {
+        stored: Vec::new(),
+        online: BTreeMap::new(),
+        window: BTreeMap::new(),
+        links,
+    };
+    let mut events = mio::Events::with_capacity(16);
+    let mut last_retry = std::time::Instant::now();
+    while !stop.load(Ordering::Acquire) {
+        let mut busy = false;
+        for shard in 0..control.links.from_shards.len() {
+            let mut requests = Vec::new();
+            let (inbox, outbox) = (
+                &mut control.links.from_shards[shard],
+                &mut control.links.to_shards[shard],
+            );
+            busy |= inbox.drain(DRAIN_BUDGET, outbox, |request| requests.push(request)) > 0;
+            for request in requests {
+                control.handle(ShardId(u16::try_from(shard).unwrap_or(u16::MAX)), request);
+            }
+        }
+        if last_retry.elapsed() >= RETRY_INTERVAL {
+            last_retry = std::time::Instant::now();
+            control.window.clear();
+            let devices: Vec<DeviceId> = control.online.keys().copied().collect();
+            for device in devices {
+                control.drain(device);
+            }
+        }
+        for outbox in &mut control.links.to_shards {
+            outbox.flush();
+        }
+        if !busy && control.links.from_shards.iter().all(|inbox| inbox.park()) {
+            let _ = poll.poll(&mut events, Some(Duration::from_millis(100)));
+            for event in &events {
+                debug_assert_eq!(event.token(), WAKER);
+            }
+        }
+    }
+}
+
+impl Control {
+    fn handle(&mut self, from: ShardId, request: ControlRequest) {
+        match request {
+            ControlRequest::Store(envelope) => {
+                let origin = envelope.origin;
+                let message = envelope.message;
+                let recipient = envelope.recipient;
+                self.stored.push(*envelope);
+                self.send(origin.shard, ControlEvent::Stored { origin, message });
+                self.drain(recipient);
+            }
+            ControlRequest::SessionOpened { device } => {
+                self.online.insert(device, from);
+                self.window.remove(&device);
+                self.drain(device);
+            }
+            ControlRequest::SessionClosed { device } => {
+                if self.online.get(&device) == Some(&from) {
+                    self.online.remove(&device);
+                }
+                self.window.remove(&device);
+            }
+            ControlRequest::Acknowledged { device, messages } => {
+                self.stored
+                    .retain(|e| !(e.recipient == device && messages.contains(&e.message)));
+                if let Some(window) = self.window.get_mut(&device) {
+                    window.retain(|m| !messages.contains(m));
+                }
+                self.drain(device);
+            }
+        }
+    }
+
+    fn send(&mut self, shard: ShardId, event: ControlEvent) {
+        if let Some(outbox) = self.links.to_shards.get_mut(usize::from(shard.0)) {
+            outbox.send(event);
+        }
+    }
+
+    /// Sends stored envelopes to the device's shard until its window is full.
+    fn drain(&mut self, device: DeviceId) {
+        let Some(&shard) = self.online.get(&device) else {
+            return;
+        };
+        let window = self.window.entry(device).or_default();
+        let room = DRAIN_WINDOW.saturating_sub(window.len());
+        let next: Vec<Envelope> = self
+            .stored
+            .iter()
+            .filter(|e| e.recipient == device && !window.contains(&e.message))
+            .take(room)
+            .cloned()
+            .collect();
+        for envelope in next {
+            window.insert(envelope.message);
+            if let Some(outbox) = self.links.to_shards.get_mut(usize::from(shard.0)) {
+                outbox.send(ControlEvent::Deliver(Box::new(envelope)));
+            }
+        }
+    }
+}

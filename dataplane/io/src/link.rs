@@ -1,0 +1,196 @@
+//! The mesh of links: every shard to every other shard, every shard to control and back. Each
+//! direction is a `dp-link` ring; credits for a direction flow back on the opposite one.
+
+use dp_link::{LinkConfig, LinkReceiver, LinkSender, link};
+use dp_shard::{ControlEvent, ControlRequest, HandOff, ShardMessage};
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+/// The token of every thread's waker.
+pub(crate) const WAKER: mio::Token = mio::Token(usize::MAX);
+/// Must-deliver messages one direction may have outstanding.
+const CREDITS: u32 = 4096;
+/// Ring room for credit returns.
+const BEST_EFFORT_SLOTS: u32 = 64;
+/// Messages published per batch.
+const BATCH: u32 = 32;
+/// Messages a sender without credit holds, in order, before it must shed.
+pub(crate) const BACKLOG_MAX: usize = 1 << 16;
+
+/// A message between shards.
+pub(crate) enum PeerMsg {
+    Message(ShardMessage),
+    /// A connection moving to its home shard, with its socket.
+    HandOff(Box<HandOff>, mio::net::TcpStream),
+}
+
+/// What travels in a ring: an item (spending a credit) or returned credits.
+pub(crate) enum Tagged<T> {
+    Item(T),
+    Credits(u32),
+}
+
+/// The sending end of one direction.
+pub(crate) struct Outbox<T> {
+    tx: LinkSender<Tagged<T>>,
+    backlog: VecDeque<T>,
+    /// Credits to return to the peer for items taken from it.
+    owed: u32,
+    waker: Arc<mio::Waker>,
+    /// Items shed because the backlog was full.
+    pub(crate) shed: u64,
+}
+
+impl<T> Outbox<T> {
+    fn new(mut tx: LinkSender<Tagged<T>>, waker: Arc<mio::Waker>) -> Self {
+        tx.grant(CREDITS);
+        Self {
+            tx,
+            backlog: VecDeque::new(),
+            owed: 0,
+            waker,
+            shed: 0,
+        }
+    }
+
+    /// Sends `item`, in order after anything held back for lack of credit.
+    pub(crate) fn send(&mut self, item: T) {
+        if self.backlog.is_empty() && self.tx.credits() > 0 {
+            if let Ok(true) = self.tx.send_credited(Tagged::Item(item)) {
+                let _ = self.waker.wake();
+            }
+        } else if self.backlog.len() < BACKLOG_MAX {
+            self.backlog.push_back(item);
+        } else {
+            self.shed += 1;
+        }
+    }
+
+    /// Sends what credit allows from the backlog, returns owed credits, publishes the batch and
+    /// wakes the peer if it sleeps.
+    pub(crate) fn flush(&mut self) {
+        while self.tx.credits() > 0 {
+            let Some(item) = self.backlog.pop_front() else {
+                break;
+            };
+            let _ = self.tx.send_credited(Tagged::Item(item));
+        }
+        if self.owed > 0 && self.tx.send_best_effort(Tagged::Credits(self.owed)).is_ok() {
+            self.owed = 0;
+        }
+        if self.tx.flush() {
+            let _ = self.waker.wake();
+        }
+    }
+}
+
+/// The receiving end of one direction.
+pub(crate) struct Inbox<T> {
+    rx: LinkReceiver<Tagged<T>>,
+}
+
+impl<T> Inbox<T> {
+    /// Hands up to `max` items to `handle`; credits they carried go back through `reply`, and
+    /// credits returned by the peer are given to `reply`'s sender.
+    pub(crate) fn drain<U>(
+        &mut self,
+        max: usize,
+        reply: &mut Outbox<U>,
+        mut handle: impl FnMut(T),
+    ) -> usize {
+        self.rx.drain(max, |tagged| match tagged {
+            Tagged::Item(item) => {
+                reply.owed += 1;
+                handle(item);
+            }
+            Tagged::Credits(n) => reply.tx.grant(n),
+        })
+    }
+
+    /// Declares the owner about to sleep; false if something arrived meanwhile.
+    pub(crate) fn park(&self) -> bool {
+        self.rx.park()
+    }
+}
+
+fn pair<T>(waker: &Arc<mio::Waker>) -> (Outbox<T>, Inbox<T>) {
+    // The sizes are constants well inside the link's limits.
+    #[allow(clippy::expect_used)]
+    let config = LinkConfig::new(CREDITS, BEST_EFFORT_SLOTS, BATCH).expect("valid link sizes");
+    let (tx, rx) = link(config);
+    (Outbox::new(tx, Arc::clone(waker)), Inbox { rx })
+}
+
+/// One shard's ends of the mesh.
+pub(crate) struct ShardLinks {
+    /// To each other shard (`None` for itself).
+    pub(crate) to_shards: Vec<Option<Outbox<PeerMsg>>>,
+    pub(crate) from_shards: Vec<Option<Inbox<PeerMsg>>>,
+    pub(crate) to_control: Outbox<ControlRequest>,
+    pub(crate) from_control: Inbox<ControlEvent>,
+}
+
+/// Control's ends of the mesh, indexed by shard.
+pub(crate) struct ControlLinks {
+    pub(crate) to_shards: Vec<Outbox<ControlEvent>>,
+    pub(crate) from_shards: Vec<Inbox<ControlRequest>>,
+}
+
+/// Every link, before the threads take their ends.
+pub(crate) struct Mesh {
+    shards: Vec<Option<ShardLinks>>,
+    control: Option<ControlLinks>,
+}
+
+impl Mesh {
+    /// `wakers[0]` is control's, `wakers[1 + i]` shard `i`'s.
+    pub(crate) fn new(shards: usize, wakers: &[Arc<mio::Waker>]) -> Self {
+        let mut to: Vec<Vec<Option<Outbox<PeerMsg>>>> = (0..shards)
+            .map(|_| (0..shards).map(|_| None).collect())
+            .collect();
+        let mut from: Vec<Vec<Option<Inbox<PeerMsg>>>> = (0..shards)
+            .map(|_| (0..shards).map(|_| None).collect())
+            .collect();
+        for (source, row) in to.iter_mut().enumerate() {
+            for (target, slot) in row.iter_mut().enumerate() {
+                if source != target {
+                    let (outbox, inbox) = pair(&wakers[1 + target]);
+                    *slot = Some(outbox);
+                    from[target][source] = Some(inbox);
+                }
+            }
+        }
+        let mut control = ControlLinks {
+            to_shards: Vec::new(),
+            from_shards: Vec::new(),
+        };
+        let mut links = Vec::new();
+        for (index, (to_shards, from_shards)) in to.into_iter().zip(from).enumerate() {
+            let (to_control, control_inbox) = pair(&wakers[0]);
+            let (control_outbox, from_control) = pair(&wakers[1 + index]);
+            control.to_shards.push(control_outbox);
+            control.from_shards.push(control_inbox);
+            links.push(Some(ShardLinks {
+                to_shards,
+                from_shards,
+                to_control,
+                from_control,
+            }));
+        }
+        Self {
+            shards: links,
+            control: Some(control),
+        }
+    }
+
+    pub(crate) fn take_shard(&mut self, index: usize) -> ShardLinks {
+        // Each shard's ends are taken exactly once, by `Server::start`.
+        #[allow(clippy::expect_used)]
+        self.shards[index].take().expect("shard links taken once")
+    }
+
+    pub(crate) fn take_control(&mut self) -> ControlLinks {
+        #[allow(clippy::expect_used)]
+        self.control.take().expect("control links taken once")
+    }
+}

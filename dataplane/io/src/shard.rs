@@ -1,0 +1,379 @@
+//! One shard's thread: its listener, its connections and its links, driving a `Shard`.
+
+use crate::link::{PeerMsg, ShardLinks, WAKER};
+use crate::{Clock, OsRng, ServerConfig};
+use core::net::SocketAddr;
+use dp_core::Instant;
+use dp_shard::{ConnId, Shard, ShardConfig, ShardEvent, ShardId};
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token};
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+const LISTENER: Token = Token(0);
+/// Messages taken from each link per loop iteration.
+const LINK_BUDGET: usize = 1024;
+/// Connections accepted per loop iteration.
+const ACCEPT_BUDGET: usize = 256;
+/// Bytes read per `read` call.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// A listening socket with `SO_REUSEPORT`, so every shard can own one on the same port and the
+/// kernel spreads connections between them.
+pub(crate) fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nodelay(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    socket.set_nonblocking(true)?;
+    Ok(TcpListener::from_std(socket.into()))
+}
+
+struct Socket {
+    stream: TcpStream,
+    token: Token,
+    /// Output is waiting for the socket to become writable.
+    blocked: bool,
+}
+
+pub(crate) struct ShardThread {
+    index: usize,
+    shard: Shard<OsRng>,
+    clock: Clock,
+    listener: TcpListener,
+    poll: Poll,
+    links: ShardLinks,
+    sockets: HashMap<ConnId, Socket>,
+    tokens: HashMap<Token, ConnId>,
+    next_token: usize,
+    read_buf: Vec<u8>,
+    stop: Arc<AtomicBool>,
+    drain_deadline: core::time::Duration,
+}
+
+impl ShardThread {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        index: usize,
+        config: &ServerConfig,
+        routing_key: u64,
+        clock: Clock,
+        mut listener: TcpListener,
+        poll: Poll,
+        links: ShardLinks,
+        stop: Arc<AtomicBool>,
+    ) -> io::Result<Self> {
+        let id = ShardId(u16::try_from(index).unwrap_or(u16::MAX));
+        let mut shard_config = ShardConfig::new(id, config.shards, routing_key)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "shard out of range"))?;
+        shard_config.idle_timeout = config.idle_timeout;
+        shard_config.outbound_bytes_max = config.outbound_bytes_max;
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)?;
+        let now = clock.now();
+        let mut shard = Shard::new(now, shard_config, config.key.clone(), OsRng);
+        shard.handle_wall_clock(now, Clock::unix_ms());
+        Ok(Self {
+            index,
+            shard,
+            clock,
+            listener,
+            poll,
+            links,
+            sockets: HashMap::new(),
+            tokens: HashMap::new(),
+            next_token: 1,
+            read_buf: vec![0u8; READ_CHUNK],
+            stop,
+            drain_deadline: config.drain_deadline,
+        })
+    }
+
+    pub(crate) fn run(mut self) {
+        let mut events = Events::with_capacity(1024);
+        let mut wall_clock_at = self.clock.now();
+        loop {
+            if self.stop.load(Ordering::Acquire) {
+                self.shut_down();
+                return;
+            }
+            let now = self.clock.now();
+            let timeout = self.shard.poll_timeout().saturating_duration_since(now);
+            let idle = self
+                .links
+                .from_shards
+                .iter()
+                .flatten()
+                .all(|inbox| inbox.park())
+                && self.links.from_control.park();
+            let timeout = if idle {
+                timeout.min(core::time::Duration::from_millis(250))
+            } else {
+                core::time::Duration::ZERO
+            };
+            if let Err(error) = self.poll.poll(&mut events, Some(timeout))
+                && error.kind() != io::ErrorKind::Interrupted
+            {
+                eprintln!("shard {}: poll failed: {error}", self.index);
+                return;
+            }
+            let now = self.clock.now();
+            if now.saturating_duration_since(wall_clock_at).as_secs() >= 10 {
+                self.shard.handle_wall_clock(now, Clock::unix_ms());
+                wall_clock_at = now;
+            }
+            let mut writable = Vec::new();
+            for event in &events {
+                match event.token() {
+                    LISTENER => self.accept(now),
+                    WAKER => {}
+                    token => {
+                        let Some(&id) = self.tokens.get(&token) else {
+                            continue;
+                        };
+                        if event.is_readable() || event.is_read_closed() {
+                            self.read(now, id);
+                        }
+                        if event.is_writable() {
+                            writable.push(id);
+                        }
+                    }
+                }
+            }
+            self.drain_links(now);
+            if self.shard.poll_timeout() <= now {
+                self.shard.handle_timeout(now);
+            }
+            self.route_events(now);
+            for id in writable {
+                self.write(now, id);
+            }
+            while let Some(id) = self.shard.poll_dirty() {
+                self.write(now, id);
+            }
+            self.route_events(now);
+            for outbox in self.links.to_shards.iter_mut().flatten() {
+                outbox.flush();
+            }
+            self.links.to_control.flush();
+        }
+    }
+
+    fn accept(&mut self, now: Instant) {
+        for _ in 0..ACCEPT_BUDGET {
+            match self.listener.accept() {
+                Ok((stream, peer)) => {
+                    let Some(id) = self.shard.handle_connect(now, peer) else {
+                        continue;
+                    };
+                    if self.register(id, stream).is_err() {
+                        self.shard.handle_closed(id);
+                    }
+                }
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => return,
+                Err(_) => return,
+            }
+        }
+    }
+
+    fn register(&mut self, id: ConnId, mut stream: TcpStream) -> io::Result<()> {
+        let token = Token(self.next_token);
+        self.next_token += 1;
+        self.poll
+            .registry()
+            .register(&mut stream, token, Interest::READABLE)?;
+        let _ = stream.set_nodelay(true);
+        self.tokens.insert(token, id);
+        self.sockets.insert(
+            id,
+            Socket {
+                stream,
+                token,
+                blocked: false,
+            },
+        );
+        Ok(())
+    }
+
+    fn forget(&mut self, id: ConnId) -> Option<TcpStream> {
+        let mut socket = self.sockets.remove(&id)?;
+        self.tokens.remove(&socket.token);
+        let _ = self.poll.registry().deregister(&mut socket.stream);
+        Some(socket.stream)
+    }
+
+    fn read(&mut self, now: Instant, id: ConnId) {
+        loop {
+            let Some(socket) = self.sockets.get_mut(&id) else {
+                return;
+            };
+            match socket.stream.read(&mut self.read_buf) {
+                Ok(0) => {
+                    self.forget(id);
+                    self.shard.handle_closed(id);
+                    return;
+                }
+                Ok(n) => self.shard.handle_received(now, id, &self.read_buf[..n]),
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => return,
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    self.forget(id);
+                    self.shard.handle_closed(id);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Writes what the shard has for `id`; returns false if the connection failed.
+    fn write(&mut self, now: Instant, id: ConnId) -> bool {
+        loop {
+            let Some(socket) = self.sockets.get_mut(&id) else {
+                return false;
+            };
+            let bytes = self.shard.poll_transmit(now, id);
+            if bytes.is_empty() {
+                if socket.blocked {
+                    socket.blocked = false;
+                    let _ = self.poll.registry().reregister(
+                        &mut socket.stream,
+                        socket.token,
+                        Interest::READABLE,
+                    );
+                }
+                return true;
+            }
+            match socket.stream.write(bytes) {
+                Ok(0) => return false,
+                Ok(n) => self.shard.handle_written(id, n),
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                    if !socket.blocked {
+                        socket.blocked = true;
+                        let _ = self.poll.registry().reregister(
+                            &mut socket.stream,
+                            socket.token,
+                            Interest::READABLE | Interest::WRITABLE,
+                        );
+                    }
+                    return true;
+                }
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    self.forget(id);
+                    self.shard.handle_closed(id);
+                    return false;
+                }
+            }
+        }
+    }
+
+    fn drain_links(&mut self, now: Instant) {
+        let shard = &mut self.shard;
+        let mut handoffs = Vec::new();
+        for (source, inbox) in self.links.from_shards.iter_mut().enumerate() {
+            let (Some(inbox), Some(reply)) = (inbox, self.links.to_shards[source].as_mut()) else {
+                continue;
+            };
+            inbox.drain(LINK_BUDGET, reply, |message| match message {
+                PeerMsg::Message(message) => shard.handle_shard_message(now, message),
+                PeerMsg::HandOff(handoff, stream) => handoffs.push((handoff, stream)),
+            });
+        }
+        let reply = &mut self.links.to_control;
+        self.links
+            .from_control
+            .drain(LINK_BUDGET, reply, |event| shard.handle_control(now, event));
+        for (handoff, stream) in handoffs {
+            match self.shard.adopt(now, *handoff) {
+                Some(id) => {
+                    if self.register(id, stream).is_err() {
+                        self.shard.handle_closed(id);
+                    }
+                }
+                None => drop(stream),
+            }
+        }
+    }
+
+    fn route_events(&mut self, now: Instant) {
+        while let Some(event) = self.shard.poll_event() {
+            match event {
+                ShardEvent::Close { conn, .. } => {
+                    self.write(now, conn);
+                    self.forget(conn);
+                    self.shard.handle_closed(conn);
+                }
+                ShardEvent::HandOff { conn, to } => {
+                    // The handshake reply must reach the client before the socket moves.
+                    self.write(now, conn);
+                    let stream = self.forget(conn);
+                    let handoff = self.shard.take_handoff(conn);
+                    let target = self
+                        .links
+                        .to_shards
+                        .get_mut(usize::from(to.0))
+                        .and_then(Option::as_mut);
+                    if let (Some(stream), Some(handoff), Some(target)) = (stream, handoff, target) {
+                        target.send(PeerMsg::HandOff(handoff, stream));
+                    }
+                }
+                ShardEvent::ToShard { to, message } => {
+                    if let Some(target) = self
+                        .links
+                        .to_shards
+                        .get_mut(usize::from(to.0))
+                        .and_then(Option::as_mut)
+                    {
+                        target.send(PeerMsg::Message(message));
+                    }
+                }
+                ShardEvent::ToControl(request) => self.links.to_control.send(request),
+            }
+        }
+    }
+
+    fn shut_down(&mut self) {
+        let _ = self.poll.registry().deregister(&mut self.listener);
+        self.shard.handle_shutdown(1_000);
+        let deadline = std::time::Instant::now() + self.drain_deadline;
+        let ids: Vec<ConnId> = self.sockets.keys().copied().collect();
+        for id in &ids {
+            let _ = self.sockets.get_mut(id).map(|s| s.stream.set_nodelay(true));
+        }
+        // Write out GoAway and anything pending, within the deadline.
+        while std::time::Instant::now() < deadline {
+            let now = self.clock.now();
+            let mut pending = false;
+            for id in &ids {
+                if self.write(now, *id) && !self.shard.poll_transmit(now, *id).is_empty() {
+                    pending = true;
+                }
+            }
+            if !pending {
+                break;
+            }
+            // Wait for sockets to drain (writable events), not longer than a few ms.
+            let mut events = Events::with_capacity(64);
+            let _ = self
+                .poll
+                .poll(&mut events, Some(core::time::Duration::from_millis(5)));
+            for event in &events {
+                if let Some(&id) = self.tokens.get(&event.token())
+                    && event.is_writable()
+                {
+                    self.write(now, id);
+                }
+            }
+        }
+        for id in ids {
+            self.forget(id);
+            self.shard.handle_closed(id);
+        }
+        self.links.to_control.flush();
+    }
+}
