@@ -1,10 +1,10 @@
-//! `commucat`: the CommuCat server and its command-line tool.
-//!
-//! Today it manages keys (`keygen`, `pubkey`); `serve` arrives with the data plane.
+//! `commucat`: the CommuCat server (`serve`) and its command-line tool (`keygen`, `pubkey`).
+
+mod serve;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
-use dp_core::Rng;
+use dp_io::OsRng;
 use dp_noise::{StaticKeypair, device_id};
 use std::fs::OpenOptions;
 use std::io::Write;
@@ -24,6 +24,10 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the server. With no arguments it uses ./commucat-data (created on first start, with
+    /// the server's key) and listens on 0.0.0.0:7443. Stop it with Ctrl-C or SIGTERM: it stops
+    /// accepting, tells clients to reconnect, and drains within the deadline.
+    Serve(serve::ServeArgs),
     /// Generate a Noise static key pair (X25519). The private key goes to a file readable only
     /// by its owner (mode 0600); the public key is printed.
     Keygen {
@@ -42,29 +46,9 @@ enum Command {
     },
 }
 
-/// Randomness from the operating system.
-struct OsRng;
-
-impl Rng for OsRng {
-    fn public_fill(&mut self, dest: &mut [u8]) {
-        os_fill(dest);
-    }
-
-    fn private_fill(&mut self, dest: &mut [u8]) {
-        os_fill(dest);
-    }
-}
-
-fn os_fill(dest: &mut [u8]) {
-    // Without OS randomness no key can be made safely: stop rather than go on with weak keys.
-    if let Err(error) = getrandom::getrandom(dest) {
-        eprintln!("error: the operating system gave no randomness: {error}");
-        std::process::exit(70);
-    }
-}
-
 fn main() -> Result<()> {
     match Cli::parse().command {
+        Command::Serve(args) => serve::run(args),
         Command::Keygen { out, force } => keygen(&out, force),
         Command::Pubkey { key } => pubkey(&key),
     }
@@ -78,6 +62,14 @@ fn keygen(out: &Path, force: bool) -> Result<()> {
             out.display()
         );
     }
+    let pair = write_new_key(out)?;
+    println!("private key: {} (mode 0600)", out.display());
+    print_public(&pair);
+    Ok(())
+}
+
+/// Generates a key pair and writes its private half to `out` with mode 0600.
+fn write_new_key(out: &Path) -> Result<StaticKeypair> {
     let pair = StaticKeypair::generate(&mut OsRng);
     let mut file = OpenOptions::new()
         .write(true)
@@ -93,9 +85,7 @@ fn keygen(out: &Path, force: bool) -> Result<()> {
         .with_context(|| format!("cannot write {}", out.display()))?;
     file.sync_all()
         .with_context(|| format!("cannot sync {}", out.display()))?;
-    println!("private key: {} (mode 0600)", out.display());
-    print_public(&pair);
-    Ok(())
+    Ok(pair)
 }
 
 fn pubkey(path: &Path) -> Result<()> {

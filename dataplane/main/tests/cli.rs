@@ -3,6 +3,8 @@
 
 // Test code: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+// The test watches the server process from helper threads, with deadlines.
+#![allow(clippy::disallowed_methods)]
 
 use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
@@ -112,4 +114,69 @@ fn help_lists_the_commands() {
     assert!(out.status.success());
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(text.contains("keygen") && text.contains("pubkey"));
+}
+
+/// Goal: `serve` starts on a fresh data directory (creating the key), accepts TCP connections,
+/// and stops cleanly on SIGTERM. Method: run the binary on port 0, read where it listens from
+/// its output, connect, send SIGTERM, and wait for a clean exit, each step with a deadline.
+#[test]
+fn serve_starts_accepts_and_stops_on_sigterm() {
+    use std::io::{BufRead, BufReader};
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    let dir = temp_dir("serve");
+    let data = dir.join("data");
+    let mut child = commucat()
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--shards",
+            "2",
+            "--data-dir",
+        ])
+        .arg(&data)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (lines_tx, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            if lines_tx.send(line.unwrap()).is_err() {
+                return;
+            }
+        }
+    });
+    let deadline = Duration::from_secs(20);
+    let addr = loop {
+        let line = lines
+            .recv_timeout(deadline)
+            .expect("serve prints where it listens");
+        if let Some(rest) = line.strip_prefix("CommuCat listening on ") {
+            break rest.split_whitespace().next().unwrap().to_string();
+        }
+    };
+    let key_mode = std::fs::metadata(data.join("server.key"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(key_mode & 0o777, 0o600);
+    let stream = std::net::TcpStream::connect(&addr).unwrap();
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let (done_tx, done) = mpsc::channel();
+    std::thread::spawn(move || done_tx.send(child.wait().unwrap()));
+    let exit = done
+        .recv_timeout(deadline)
+        .expect("serve exits after SIGTERM");
+    assert!(exit.success(), "{exit:?}");
+    drop(stream);
+    let rest: Vec<String> = lines.try_iter().collect();
+    assert!(rest.iter().any(|l| l == "stopped"), "{rest:?}");
+    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -30,7 +30,10 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("dp-noise", &["dp-core", "dp-proto"]),
     ("dp-link", &["dp-core", "dp-proto"]),
     ("dp-shard", &["dp-core", "dp-proto", "dp-noise", "dp-link"]),
-    ("dp-io", &["dp-core", "dp-proto", "dp-noise", "dp-link", "dp-shard"]),
+    (
+        "dp-io",
+        &["dp-core", "dp-proto", "dp-noise", "dp-link", "dp-shard"],
+    ),
 ];
 
 fn metadata() -> Value {

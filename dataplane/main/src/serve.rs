@@ -1,0 +1,126 @@
+//! `commucat serve`: configuration (TOML file, then command-line overrides), the data directory
+//! and server key, start, and shutdown on SIGINT or SIGTERM.
+
+use crate::{read_key, write_new_key};
+use anyhow::{Context, Result};
+use clap::Args;
+use dp_io::{Server, ServerConfig};
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Command-line settings; each overrides the config file.
+#[derive(Debug, Args)]
+pub(crate) struct ServeArgs {
+    /// A TOML config file (keys: listen, shards, data_dir, key, idle_timeout_secs,
+    /// outbound_bytes_max, drain_deadline_secs).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Address to listen on (TCP), e.g. 0.0.0.0:7443; port 0 picks a free port.
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Shards (threads); default one per core.
+    #[arg(long)]
+    shards: Option<u16>,
+    /// Data directory; created on first start.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// The server's private key file; default DATA_DIR/server.key, created if missing.
+    #[arg(long)]
+    key: Option<PathBuf>,
+}
+
+/// The config file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<SocketAddr>,
+    shards: Option<u16>,
+    data_dir: Option<PathBuf>,
+    key: Option<PathBuf>,
+    idle_timeout_secs: Option<u64>,
+    outbound_bytes_max: Option<usize>,
+    drain_deadline_secs: Option<u64>,
+}
+
+const LISTEN_DEFAULT: &str = "0.0.0.0:7443";
+const DATA_DIR_DEFAULT: &str = "commucat-data";
+
+pub(crate) fn run(args: ServeArgs) -> Result<()> {
+    let file = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read the config file {}", path.display()))?;
+            toml::from_str(&text)
+                .with_context(|| format!("{} is not a valid config file", path.display()))?
+        }
+        None => FileConfig::default(),
+    };
+    let data_dir = args
+        .data_dir
+        .or(file.data_dir)
+        .unwrap_or_else(|| DATA_DIR_DEFAULT.into());
+    prepare_data_dir(&data_dir)?;
+    let key_path = args
+        .key
+        .or(file.key)
+        .unwrap_or_else(|| data_dir.join("server.key"));
+    let key = if key_path.exists() {
+        read_key(&key_path)?
+    } else {
+        let key = write_new_key(&key_path)?;
+        println!("created the server key {} (mode 0600)", key_path.display());
+        key
+    };
+    let listen = match args.listen.or(file.listen) {
+        Some(listen) => listen,
+        None => LISTEN_DEFAULT.parse().context("default listen address")?,
+    };
+    let mut config = ServerConfig::new(listen, key.clone());
+    if let Some(shards) = args.shards.or(file.shards) {
+        anyhow::ensure!(shards > 0, "--shards must be at least 1");
+        config.shards = shards;
+    }
+    if let Some(secs) = file.idle_timeout_secs {
+        config.idle_timeout = Duration::from_secs(secs);
+    }
+    if let Some(bytes) = file.outbound_bytes_max {
+        config.outbound_bytes_max = bytes;
+    }
+    if let Some(secs) = file.drain_deadline_secs {
+        config.drain_deadline = Duration::from_secs(secs);
+    }
+    let shards = config.shards;
+    let server = Server::start(config)
+        .with_context(|| format!("cannot listen on {listen}: is the address free and ours?"))?;
+    println!(
+        "CommuCat listening on {} with {shards} shards (epoll backend)",
+        server.local_addr()
+    );
+    println!(
+        "server public key (give it to clients): {}",
+        hex::encode(key.public())
+    );
+    println!("offline envelopes are kept in memory until durable storage lands");
+
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+    ])
+    .context("cannot install signal handlers")?;
+    let signal = signals.forever().next();
+    println!("signal {signal:?}: stopping; clients are told to reconnect");
+    server.shutdown();
+    println!("stopped");
+    Ok(())
+}
+
+fn prepare_data_dir(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create the data directory {}", dir.display()))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("cannot restrict the permissions of {}", dir.display()))?;
+    Ok(())
+}
