@@ -1,0 +1,281 @@
+//! A first relay measurement, until the `bench` tool exists: one server shard relays 1 KiB
+//! envelopes between pairs of devices over loopback, each sender keeping a window of envelopes
+//! in flight; beside it, in the same run, a plain TCP echo of the same bytes on the same
+//! machine (the kernel's limit). Prints messages per second for both and the ratio.
+//!
+//! `cargo run --release -p dp-io --example relay_load -- [pairs] [seconds] [window]`
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::disallowed_methods)]
+
+use core::time::Duration;
+use dp_core::{DeviceId, Instant, MessageId, SeededRng};
+use dp_io::{Server, ServerConfig};
+use dp_noise::{
+    Cipher, Initiator, InitiatorConfig, InitiatorEvent, Pattern, StaticKeypair, StreamSession,
+    Suite,
+};
+use dp_proto::{
+    Capabilities, DeliveryAck, Frame, FrameAssembler, Hello, MessageIds, Recipient, SendFrame,
+    Versions,
+};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+const BODY: usize = 1024;
+
+struct Conn {
+    stream: TcpStream,
+    session: StreamSession,
+    assembler: FrameAssembler,
+    rx: Vec<u8>,
+    out: Vec<u8>,
+}
+
+fn now() -> Instant {
+    Instant(1)
+}
+
+fn packet(stream: &mut TcpStream, bytes: &[u8]) {
+    let mut framed = (bytes.len() as u16).to_be_bytes().to_vec();
+    framed.extend_from_slice(bytes);
+    stream.write_all(&framed).unwrap();
+}
+
+fn read_packet(stream: &mut TcpStream) -> Vec<u8> {
+    let mut len = [0u8; 2];
+    stream.read_exact(&mut len).unwrap();
+    let mut p = vec![0u8; usize::from(u16::from_be_bytes(len))];
+    stream.read_exact(&mut p).unwrap();
+    p
+}
+
+impl Conn {
+    fn connect(addr: SocketAddr, server: [u8; 32], key: &StaticKeypair, seed: u64) -> Self {
+        let mut stream = TcpStream::connect(addr).unwrap();
+        stream.set_nodelay(true).unwrap();
+        let mut rng = SeededRng::new(seed);
+        let config = InitiatorConfig {
+            suite: Suite::new(Pattern::Xk, Cipher::AesGcm, false),
+            local: key.clone(),
+            remote_static: server,
+            timestamp_ms: 1,
+        };
+        let mut initiator = Initiator::new(now(), config);
+        let mut buf = [0u8; 2048];
+        let n = initiator.write_initiation(now(), &mut rng, &mut buf).unwrap();
+        packet(&mut stream, &buf[..n]);
+        let response = read_packet(&mut stream);
+        let InitiatorEvent::Established { finish_len: Some(f), session } =
+            initiator.handle_packet(now(), &response, &mut buf).unwrap()
+        else {
+            panic!("handshake")
+        };
+        packet(&mut stream, &buf[..f]);
+        let mut conn = Self {
+            stream,
+            session: StreamSession::new(&session, now()),
+            assembler: FrameAssembler::new(1 << 20),
+            rx: Vec::new(),
+            out: Vec::new(),
+        };
+        conn.queue(&Frame::Hello(Hello {
+            versions: Versions::new(&[dp_proto::PROTOCOL_VERSION]).unwrap(),
+            capabilities: Capabilities::EMPTY,
+            frame_len_max: 1 << 20,
+        }));
+        conn.flush();
+        conn
+    }
+
+    fn queue(&mut self, frame: &Frame<'_>) {
+        let mut plain = Vec::with_capacity(frame.encoded_len());
+        frame.encode_append(&mut plain).unwrap();
+        let at = self.out.len();
+        self.out.resize(at + StreamSession::sealed_len_max(plain.len()), 0);
+        let n = self.session.seal_record(now(), &plain, &mut self.out[at..]).unwrap();
+        self.out.truncate(at + n);
+    }
+
+    fn flush(&mut self) {
+        self.stream.write_all(&self.out).unwrap();
+        self.out.clear();
+    }
+
+    /// Reads what is available and calls `f` for every frame kind: (is_ack, is_deliver, id).
+    fn read(&mut self, mut f: impl FnMut(bool, Option<MessageId>)) {
+        let mut buf = [0u8; 65536];
+        let n = self.stream.read(&mut buf).unwrap();
+        assert!(n > 0, "server closed");
+        self.rx.extend_from_slice(&buf[..n]);
+        let mut at = 0;
+        while let Some(record) = self.session.open_record(&mut self.rx[at..]).unwrap() {
+            let plain = self.rx[at + record.plaintext.start..at + record.plaintext.end].to_vec();
+            at += record.consumed;
+            let mut frames = self.assembler.push(&plain);
+            while let Some(frame) = frames.next_frame() {
+                match frame.unwrap() {
+                    Frame::SendAck(_) => f(true, None),
+                    Frame::Deliver(d) => f(false, Some(d.message)),
+                    _ => {}
+                }
+            }
+        }
+        self.rx.drain(..at);
+    }
+}
+
+fn relay(pairs: usize, seconds: u64, window: usize) -> f64 {
+    let mut rng = SeededRng::new(1);
+    let key = StaticKeypair::generate(&mut rng);
+    let mut config = ServerConfig::new("127.0.0.1:0".parse().unwrap(), key.clone());
+    config.shards = 1;
+    let server = Server::start(config).unwrap();
+    let addr = server.local_addr();
+    let stop = Arc::new(AtomicBool::new(false));
+    let delivered = Arc::new(AtomicU64::new(0));
+    let mut threads = Vec::new();
+    for pair in 0..pairs {
+        let sender_key = StaticKeypair::generate(&mut rng);
+        let recipient_key = StaticKeypair::generate(&mut rng);
+        let recipient_id: DeviceId = dp_noise::device_id(recipient_key.public());
+        let server_key = *key.public();
+        let (stop_r, delivered_r) = (Arc::clone(&stop), Arc::clone(&delivered));
+        let mut recipient = Conn::connect(addr, server_key, &recipient_key, 100 + pair as u64);
+        recipient.stream.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+        threads.push(std::thread::spawn(move || {
+            while !stop_r.load(Ordering::Relaxed) {
+                let mut ids = Vec::new();
+                let mut buf = [0u8; 0];
+                let _ = &mut buf;
+                match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    recipient.read(|_, id| ids.extend(id));
+                })) {
+                    Ok(()) => {}
+                    Err(_) => return,
+                }
+                if !ids.is_empty() {
+                    delivered_r.fetch_add(ids.len() as u64, Ordering::Relaxed);
+                    for chunk in ids.chunks(256) {
+                        recipient.queue(&Frame::DeliveryAck(DeliveryAck {
+                            messages: MessageIds::new(chunk),
+                        }));
+                    }
+                    recipient.flush();
+                }
+            }
+        }));
+        let stop_s = Arc::clone(&stop);
+        let mut sender = Conn::connect(addr, server_key, &sender_key, 200 + pair as u64);
+        threads.push(std::thread::spawn(move || {
+            let body = vec![0x5au8; BODY];
+            let mut next = 0u64;
+            let mut in_flight = 0usize;
+            sender.stream.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+            while !stop_s.load(Ordering::Relaxed) {
+                while in_flight < window {
+                    let mut id = [0u8; 16];
+                    id[..8].copy_from_slice(&next.to_be_bytes());
+                    next += 1;
+                    sender.queue(&Frame::Send(SendFrame {
+                        message: MessageId(id),
+                        recipient: Recipient::Device(recipient_id),
+                        body: &body,
+                    }));
+                    in_flight += 1;
+                }
+                sender.flush();
+                let mut acks = 0;
+                if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    sender.read(|ack, _| acks += usize::from(ack));
+                }))
+                .is_err()
+                {
+                    return;
+                }
+                in_flight -= acks.min(in_flight);
+            }
+        }));
+    }
+    // Warm up, then measure.
+    std::thread::sleep(Duration::from_secs(1));
+    let start = delivered.load(Ordering::Relaxed);
+    let t0 = std::time::Instant::now();
+    std::thread::sleep(Duration::from_secs(seconds));
+    let count = delivered.load(Ordering::Relaxed) - start;
+    let rate = count as f64 / t0.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    server.shutdown();
+    for t in threads {
+        let _ = t.join();
+    }
+    rate
+}
+
+/// The same bytes through a plain TCP echo: a record-sized write, read back.
+fn echo(pairs: usize, seconds: u64, window: usize) -> f64 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let mut stream = stream.unwrap();
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 65536];
+                loop {
+                    match stream.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => {
+                            if stream.write_all(&buf[..n]).is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    });
+    let stop = Arc::new(AtomicBool::new(false));
+    let echoed = Arc::new(AtomicU64::new(0));
+    let message = BODY + 64;
+    let mut threads = Vec::new();
+    for _ in 0..pairs {
+        let (stop, echoed) = (Arc::clone(&stop), Arc::clone(&echoed));
+        threads.push(std::thread::spawn(move || {
+            let mut stream = TcpStream::connect(addr).unwrap();
+            stream.set_nodelay(true).unwrap();
+            let batch = vec![0u8; message * window];
+            let mut buf = vec![0u8; 65536];
+            while !stop.load(Ordering::Relaxed) {
+                stream.write_all(&batch).unwrap();
+                let mut got = 0;
+                while got < batch.len() {
+                    got += stream.read(&mut buf).unwrap();
+                }
+                echoed.fetch_add(window as u64, Ordering::Relaxed);
+            }
+        }));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let start = echoed.load(Ordering::Relaxed);
+    let t0 = std::time::Instant::now();
+    std::thread::sleep(Duration::from_secs(seconds));
+    let rate = (echoed.load(Ordering::Relaxed) - start) as f64 / t0.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    for t in threads {
+        let _ = t.join();
+    }
+    rate
+}
+
+fn main() {
+    let args: Vec<usize> = std::env::args().skip(1).map(|a| a.parse().unwrap()).collect();
+    let pairs = args.first().copied().unwrap_or(4);
+    let seconds = args.get(1).copied().unwrap_or(5) as u64;
+    let window = args.get(2).copied().unwrap_or(64);
+    println!("pairs {pairs}, window {window}, {seconds} s, body {BODY} B, one server shard");
+    let relayed = relay(pairs, seconds, window);
+    let echoed = echo(pairs, seconds, window);
+    println!("relay: {relayed:.0} msg/s (encrypted, acknowledged end to end)");
+    println!("echo:  {echoed:.0} msg/s (plain TCP echo of the same sizes)");
+    println!("ratio relay/echo: {:.2}", relayed / echoed);
+}
