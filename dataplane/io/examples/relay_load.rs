@@ -4,7 +4,12 @@
 //! machine (the kernel's limit). Prints messages per second for both and the ratio.
 //!
 //! `cargo run --release -p dp-io --example relay_load -- [pairs] [seconds] [window]`
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::disallowed_methods)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::disallowed_methods
+)]
 
 use core::time::Duration;
 use dp_core::{DeviceId, Instant, MessageId, SeededRng};
@@ -63,11 +68,15 @@ impl Conn {
         };
         let mut initiator = Initiator::new(now(), config);
         let mut buf = [0u8; 2048];
-        let n = initiator.write_initiation(now(), &mut rng, &mut buf).unwrap();
+        let n = initiator
+            .write_initiation(now(), &mut rng, &mut buf)
+            .unwrap();
         packet(&mut stream, &buf[..n]);
         let response = read_packet(&mut stream);
-        let InitiatorEvent::Established { finish_len: Some(f), session } =
-            initiator.handle_packet(now(), &response, &mut buf).unwrap()
+        let InitiatorEvent::Established {
+            finish_len: Some(f),
+            session,
+        } = initiator.handle_packet(now(), &response, &mut buf).unwrap()
         else {
             panic!("handshake")
         };
@@ -92,8 +101,12 @@ impl Conn {
         let mut plain = Vec::with_capacity(frame.encoded_len());
         frame.encode_append(&mut plain).unwrap();
         let at = self.out.len();
-        self.out.resize(at + StreamSession::sealed_len_max(plain.len()), 0);
-        let n = self.session.seal_record(now(), &plain, &mut self.out[at..]).unwrap();
+        self.out
+            .resize(at + StreamSession::sealed_len_max(plain.len()), 0);
+        let n = self
+            .session
+            .seal_record(now(), &plain, &mut self.out[at..])
+            .unwrap();
         self.out.truncate(at + n);
     }
 
@@ -142,17 +155,20 @@ fn relay(pairs: usize, seconds: u64, window: usize) -> f64 {
         let server_key = *key.public();
         let (stop_r, delivered_r) = (Arc::clone(&stop), Arc::clone(&delivered));
         let mut recipient = Conn::connect(addr, server_key, &recipient_key, 100 + pair as u64);
-        recipient.stream.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+        recipient
+            .stream
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
         threads.push(std::thread::spawn(move || {
             while !stop_r.load(Ordering::Relaxed) {
                 let mut ids = Vec::new();
-                let mut buf = [0u8; 0];
-                let _ = &mut buf;
-                match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                // A read timeout or the server going away at the end of the run ends the thread.
+                if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                     recipient.read(|_, id| ids.extend(id));
-                })) {
-                    Ok(()) => {}
-                    Err(_) => return,
+                }))
+                .is_err()
+                {
+                    return;
                 }
                 if !ids.is_empty() {
                     delivered_r.fetch_add(ids.len() as u64, Ordering::Relaxed);
@@ -171,7 +187,10 @@ fn relay(pairs: usize, seconds: u64, window: usize) -> f64 {
             let body = vec![0x5au8; BODY];
             let mut next = 0u64;
             let mut in_flight = 0usize;
-            sender.stream.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+            sender
+                .stream
+                .set_read_timeout(Some(Duration::from_millis(200)))
+                .unwrap();
             while !stop_s.load(Ordering::Relaxed) {
                 while in_flight < window {
                     let mut id = [0u8; 16];
@@ -268,7 +287,10 @@ fn echo(pairs: usize, seconds: u64, window: usize) -> f64 {
 }
 
 fn main() {
-    let args: Vec<usize> = std::env::args().skip(1).map(|a| a.parse().unwrap()).collect();
+    let args: Vec<usize> = std::env::args()
+        .skip(1)
+        .map(|a| a.parse().unwrap())
+        .collect();
     let pairs = args.first().copied().unwrap_or(4);
     let seconds = args.get(1).copied().unwrap_or(5) as u64;
     let window = args.get(2).copied().unwrap_or(64);
