@@ -2,14 +2,17 @@
 //! routing (quinn's `Endpoint`, one level up). One `Shard` runs on each core's thread.
 //!
 //! This crate performs no I/O and reads no clock. The IO layer feeds it connections and bytes
-//! and writes out what it produces. Driving rule: after any `handle_*` call, write every
-//! connection's [`Shard::poll_transmit`] bytes, drain [`Shard::poll_event`] until it is empty,
-//! then wait no longer than [`Shard::poll_timeout`].
+//! and writes out what it produces. Driving rule: after any `handle_*` call, drain
+//! [`Shard::poll_event`] and write [`Shard::poll_transmit`] for every connection that
+//! [`Shard::poll_dirty`] names, until both are empty, then wait no longer than
+//! [`Shard::poll_timeout`].
 //!
 //! Inputs: [`Shard::handle_connect`], [`Shard::handle_received`], [`Shard::handle_written`],
 //! [`Shard::handle_closed`], [`Shard::handle_shard_message`], [`Shard::handle_control`],
-//! [`Shard::adopt`] (a connection handed over from another shard), [`Shard::handle_timeout`].
-//! Outputs: [`Shard::poll_transmit`], [`Shard::poll_event`], [`Shard::poll_timeout`].
+//! [`Shard::adopt`] (a connection handed over from another shard), [`Shard::handle_timeout`],
+//! [`Shard::handle_wall_clock`], [`Shard::handle_shutdown`].
+//! Outputs: [`Shard::poll_dirty`], [`Shard::poll_transmit`], [`Shard::poll_event`],
+//! [`Shard::poll_timeout`].
 //!
 //! Sessions are pinned: a device's home shard is [`home_shard`], a keyed function of its id, so
 //! any shard routes to any device without a directory. A connection whose handshake completes
