@@ -4,7 +4,7 @@
 //! someone who knows that key can make the responder do any work. Under load the responder
 //! also demands `mac2`, keyed by a cookie that it gives out, encrypted, in a cookie reply:
 //! the cookie is a MAC of the initiator's address under a secret that rotates every
-//! [`COOKIE_SECRET_ROTATE_TIME`](dp_core::limits::COOKIE_SECRET_ROTATE_TIME), so checking it
+//! [`COOKIE_SECRET_ROTATE_TIME`], so checking it
 //! needs no per-peer state.
 
 use blake2::digest::Mac;
