@@ -73,6 +73,7 @@ impl ShardThread {
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "shard out of range"))?;
         shard_config.idle_timeout = config.idle_timeout;
         shard_config.outbound_bytes_max = config.outbound_bytes_max;
+        shard_config.conns_per_source_max = config.conns_per_source_max;
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
         let now = clock.now();

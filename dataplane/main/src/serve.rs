@@ -15,7 +15,7 @@ use std::time::Duration;
 #[derive(Debug, Args)]
 pub(crate) struct ServeArgs {
     /// A TOML config file (keys: listen, shards, data_dir, key, idle_timeout_secs,
-    /// outbound_bytes_max, drain_deadline_secs).
+    /// outbound_bytes_max, conns_per_source_max, drain_deadline_secs).
     #[arg(long)]
     config: Option<PathBuf>,
     /// Address to listen on (TCP), e.g. 0.0.0.0:7443; port 0 picks a free port.
@@ -42,6 +42,7 @@ struct FileConfig {
     key: Option<PathBuf>,
     idle_timeout_secs: Option<u64>,
     outbound_bytes_max: Option<usize>,
+    conns_per_source_max: Option<u32>,
     drain_deadline_secs: Option<u64>,
 }
 
@@ -88,6 +89,9 @@ pub(crate) fn run(args: ServeArgs) -> Result<()> {
     }
     if let Some(bytes) = file.outbound_bytes_max {
         config.outbound_bytes_max = bytes;
+    }
+    if let Some(max) = file.conns_per_source_max {
+        config.conns_per_source_max = max;
     }
     if let Some(secs) = file.drain_deadline_secs {
         config.drain_deadline = Duration::from_secs(secs);

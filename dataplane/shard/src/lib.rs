@@ -34,6 +34,18 @@ use dp_noise::{HandshakeError, Responder, ResponderConfig, ResponderEvent, Stati
 use dp_proto::{ErrorCode, FrameAssembler, SendStatus};
 use std::collections::{BTreeMap, VecDeque};
 
+/// The key that per-source limits count by: the IPv4 address, or the IPv6 /64.
+fn source_key(peer: SocketAddr) -> core::net::IpAddr {
+    match peer.ip() {
+        core::net::IpAddr::V6(ip) => {
+            let mut octets = ip.octets();
+            octets[8..].fill(0);
+            core::net::IpAddr::V6(octets.into())
+        }
+        v4 => v4,
+    }
+}
+
 /// A shard's index.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ShardId(pub u16);
@@ -49,6 +61,9 @@ pub struct ShardConfig {
     pub routing_key: u64,
     /// The most connections this shard holds.
     pub conns_max: usize,
+    /// The most connections this shard holds from one source: one IPv4 address, or one IPv6
+    /// /64 (the port is not part of the key, so a new connection does not evade it).
+    pub conns_per_source_max: u32,
     /// The most bytes waiting to be written to one connection; a recipient past it is
     /// disconnected with `SLOW_CONSUMER` and its messages go to storage.
     pub outbound_bytes_max: usize,
@@ -66,6 +81,7 @@ impl ShardConfig {
             shard_count,
             routing_key,
             conns_max: 1 << 20,
+            conns_per_source_max: 4096,
             outbound_bytes_max: 1 << 20,
             idle_timeout: Duration::from_secs(90),
             responder: ResponderConfig::default(),
@@ -221,6 +237,8 @@ pub struct Shard<R: Rng> {
     bodies: Vec<Vec<u8>>,
     /// Connections with output queued since the IO layer last asked.
     dirty: Vec<ConnId>,
+    /// Live connections per source (see [`ShardConfig::conns_per_source_max`]).
+    sources: BTreeMap<core::net::IpAddr, u32>,
     /// A reading of the wall clock: (monotonic, Unix ms), for timestamps sent to clients.
     wall_clock: (Instant, u64),
 }
@@ -250,6 +268,7 @@ impl<R: Rng> Shard<R> {
             scratch: vec![0u8; 2048],
             bodies: Vec::new(),
             dirty: Vec::new(),
+            sources: BTreeMap::new(),
             wall_clock: (now, 0),
         }
     }
@@ -289,12 +308,32 @@ impl<R: Rng> Shard<R> {
 
     /// A new TCP connection from `peer`. `None`: refused at the limit (close it at once).
     pub fn handle_connect(&mut self, now: Instant, peer: SocketAddr) -> Option<ConnId> {
-        let id = self.conns.insert(Conn::new(now, peer));
+        let source = source_key(peer);
+        let from_source = self.sources.get(&source).copied().unwrap_or(0);
+        let id = if from_source < self.config.conns_per_source_max {
+            self.conns.insert(Conn::new(now, peer))
+        } else {
+            None
+        };
         match id {
-            Some(_) => self.stats.conns_accepted += 1,
+            Some(_) => {
+                self.stats.conns_accepted += 1;
+                *self.sources.entry(source).or_insert(0) += 1;
+            }
             None => self.stats.conns_refused += 1,
         }
         id
+    }
+
+    /// A connection from `peer` left this shard.
+    fn source_left(&mut self, peer: SocketAddr) {
+        let source = source_key(peer);
+        if let Some(count) = self.sources.get_mut(&source) {
+            *count -= 1;
+            if *count == 0 {
+                self.sources.remove(&source);
+            }
+        }
     }
 
     /// Bytes read from a connection.
@@ -526,6 +565,7 @@ impl<R: Rng> Shard<R> {
     /// The connection is gone (closed by the peer, an IO error, or after `Close`).
     pub fn handle_closed(&mut self, id: ConnId) {
         if let Some(mut conn) = self.conns.remove(id) {
+            self.source_left(conn.peer);
             let inflight = core::mem::take(&mut conn.inflight);
             route::store_inflight(self, inflight.into_iter());
             if let ConnState::Established(session) = conn.state {
@@ -593,12 +633,17 @@ impl<R: Rng> Shard<R> {
     /// Takes a connection that [`ShardEvent::HandOff`] named, for [`Shard::adopt`] on its home
     /// shard.
     pub fn take_handoff(&mut self, id: ConnId) -> Option<Box<HandOff>> {
-        self.conns.remove(id).and_then(Conn::into_handoff)
+        let conn = self.conns.remove(id)?;
+        self.source_left(conn.peer);
+        conn.into_handoff()
     }
 
     /// Adopts a connection handed over by another shard; `None` if this shard is full.
     pub fn adopt(&mut self, now: Instant, handoff: HandOff) -> Option<ConnId> {
-        let id = self.conns.insert(Conn::from_handoff(now, handoff))?;
+        let conn = Conn::from_handoff(now, handoff);
+        let peer = conn.peer;
+        let id = self.conns.insert(conn)?;
+        *self.sources.entry(source_key(peer)).or_insert(0) += 1;
         if let Some(conn) = self.conns.get_mut(id) {
             Self::mark_dirty(&mut self.dirty, conn, id);
         }

@@ -219,3 +219,52 @@ fn home_shard_is_stable_keyed_and_spread() {
     }
     assert!(moved > 2000, "the key must change the mapping");
 }
+
+/// The attack: one address opens connection after connection (a new source port each time, as
+/// the original's ip:port-keyed limiter allowed, S11). Past the per-source cap they are refused;
+/// other addresses are not affected, and closing one makes room again.
+#[test]
+fn connections_are_capped_per_source_address_not_per_port() {
+    let mut w = World::with(|config| config.conns_per_source_max = 2);
+    let now = w.now;
+    let shard = &mut w.shards[0];
+    let a1 = shard.handle_connect(now, "198.51.100.1:1000".parse().unwrap());
+    let a2 = shard.handle_connect(now, "198.51.100.1:1001".parse().unwrap());
+    assert!(a1.is_some() && a2.is_some());
+    assert_eq!(
+        shard.handle_connect(now, "198.51.100.1:1002".parse().unwrap()),
+        None
+    );
+    assert!(
+        shard
+            .handle_connect(now, "198.51.100.2:1000".parse().unwrap())
+            .is_some()
+    );
+    // IPv6 counts by /64: another address in the same /64 is the same source.
+    assert!(
+        shard
+            .handle_connect(now, "[2001:db8::1]:1".parse().unwrap())
+            .is_some()
+    );
+    assert!(
+        shard
+            .handle_connect(now, "[2001:db8::2]:1".parse().unwrap())
+            .is_some()
+    );
+    assert_eq!(
+        shard.handle_connect(now, "[2001:db8::3]:1".parse().unwrap()),
+        None
+    );
+    assert!(
+        shard
+            .handle_connect(now, "[2001:db8:0:1::1]:1".parse().unwrap())
+            .is_some()
+    );
+    shard.handle_closed(a1.unwrap());
+    assert!(
+        shard
+            .handle_connect(now, "198.51.100.1:1003".parse().unwrap())
+            .is_some()
+    );
+    assert_eq!(shard.stats().conns_refused, 2);
+}
