@@ -17,10 +17,20 @@ const DRAIN_BUDGET: usize = 1024;
 /// How often unacknowledged drains are sent again.
 const RETRY_INTERVAL: Duration = Duration::from_secs(2);
 
+/// A device with a live session.
+struct Online {
+    shard: ShardId,
+    /// The `session` of its `SessionOpened`.
+    session: u64,
+    /// `Store`s for it taken since then.
+    stores: u64,
+    /// Stored envelopes sent to this session and not yet acknowledged.
+    window: BTreeSet<MessageId>,
+}
+
 struct Control {
     stored: Vec<Envelope>,
-    online: BTreeMap<DeviceId, ShardId>,
-    window: BTreeMap<DeviceId, BTreeSet<MessageId>>,
+    online: BTreeMap<DeviceId, Online>,
     links: ControlLinks,
 }
 
@@ -28,7 +38,6 @@ pub(crate) fn run(mut poll: mio::Poll, links: ControlLinks, stop: Arc<AtomicBool
     let mut control = Control {
         stored: Vec::new(),
         online: BTreeMap::new(),
-        window: BTreeMap::new(),
         links,
     };
     let mut events = mio::Events::with_capacity(16);
@@ -48,7 +57,9 @@ pub(crate) fn run(mut poll: mio::Poll, links: ControlLinks, stop: Arc<AtomicBool
         }
         if last_retry.elapsed() >= RETRY_INTERVAL {
             last_retry = std::time::Instant::now();
-            control.window.clear();
+            for online in control.online.values_mut() {
+                online.window.clear();
+            }
             let devices: Vec<DeviceId> = control.online.keys().copied().collect();
             for device in devices {
                 control.drain(device);
@@ -74,25 +85,32 @@ impl Control {
                 let message = envelope.message;
                 let recipient = envelope.recipient;
                 self.stored.push(*envelope);
+                if let Some(online) = self.online.get_mut(&recipient) {
+                    online.stores += 1;
+                }
                 self.send(origin.shard, ControlEvent::Stored { origin, message });
                 self.drain(recipient);
             }
-            ControlRequest::SessionOpened { device } => {
-                self.online.insert(device, from);
-                self.window.remove(&device);
+            ControlRequest::SessionOpened { device, session } => {
+                let online = Online {
+                    shard: from,
+                    session,
+                    stores: 0,
+                    window: BTreeSet::new(),
+                };
+                self.online.insert(device, online);
                 self.drain(device);
             }
             ControlRequest::SessionClosed { device } => {
-                if self.online.get(&device) == Some(&from) {
+                if self.online.get(&device).is_some_and(|o| o.shard == from) {
                     self.online.remove(&device);
                 }
-                self.window.remove(&device);
             }
             ControlRequest::Acknowledged { device, messages } => {
                 self.stored
                     .retain(|e| !(e.recipient == device && messages.contains(&e.message)));
-                if let Some(window) = self.window.get_mut(&device) {
-                    window.retain(|m| !messages.contains(m));
+                if let Some(online) = self.online.get_mut(&device) {
+                    online.window.retain(|m| !messages.contains(m));
                 }
                 self.drain(device);
             }
@@ -105,25 +123,38 @@ impl Control {
         }
     }
 
-    /// Sends stored envelopes to the device's shard until its window is full.
+    /// Sends stored envelopes to the device's session until its window is full, or tells
+    /// its shard that nothing is stored for it.
     fn drain(&mut self, device: DeviceId) {
-        let Some(&shard) = self.online.get(&device) else {
+        let Some(online) = self.online.get_mut(&device) else {
             return;
         };
-        let window = self.window.entry(device).or_default();
-        let room = DRAIN_WINDOW.saturating_sub(window.len());
-        let next: Vec<Envelope> = self
+        let (shard, session) = (online.shard, online.session);
+        let mut pending = self
             .stored
             .iter()
-            .filter(|e| e.recipient == device && !window.contains(&e.message))
+            .filter(|e| e.recipient == device)
+            .peekable();
+        if pending.peek().is_none() {
+            let stores = online.stores;
+            let drained = ControlEvent::Drained {
+                device,
+                session,
+                stores,
+            };
+            self.send(shard, drained);
+            return;
+        }
+        let room = DRAIN_WINDOW.saturating_sub(online.window.len());
+        let next: Vec<Envelope> = pending
+            .filter(|e| !online.window.contains(&e.message))
             .take(room)
             .cloned()
             .collect();
+        online.window.extend(next.iter().map(|e| e.message));
         for envelope in next {
-            window.insert(envelope.message);
-            if let Some(outbox) = self.links.to_shards.get_mut(usize::from(shard.0)) {
-                outbox.send(ControlEvent::Deliver(Box::new(envelope)));
-            }
+            let envelope = Box::new(envelope);
+            self.send(shard, ControlEvent::Deliver { envelope, session });
         }
     }
 }

@@ -53,7 +53,28 @@ impl<T> Outbox<T> {
         }
     }
 
-    /// Sends `item`, in order after anything held back for lack of credit.
+    /// Sends `item` if a credit allows it now (and nothing is held back ahead of it);
+    /// otherwise hands it back, for the shard to refuse upstream.
+    pub(crate) fn try_send(&mut self, item: T) -> Result<(), T> {
+        if !self.backlog.is_empty() || self.tx.credits() == 0 {
+            return Err(item);
+        }
+        match self.tx.send_credited(Tagged::Item(item)) {
+            Ok(true) => {
+                let _ = self.waker.wake();
+                Ok(())
+            }
+            Ok(false) => Ok(()),
+            Err(_) => {
+                debug_assert!(false, "a credit was available");
+                Ok(())
+            }
+        }
+    }
+
+    /// Sends `item`, in order after anything held back for lack of credit. For work that
+    /// cannot be refused (outcomes, session events, hand-offs), bounded by what the shards
+    /// hold.
     pub(crate) fn send(&mut self, item: T) {
         if self.backlog.is_empty() && self.tx.credits() > 0 {
             if let Ok(true) = self.tx.send_credited(Tagged::Item(item)) {

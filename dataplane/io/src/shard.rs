@@ -4,7 +4,7 @@ use crate::link::{PeerMsg, ShardLinks, WAKER};
 use crate::{Clock, OsRng, ServerConfig};
 use core::net::SocketAddr;
 use dp_core::Instant;
-use dp_shard::{ConnId, Shard, ShardConfig, ShardEvent, ShardId};
+use dp_shard::{ConnId, ControlRequest, Shard, ShardConfig, ShardEvent, ShardId, ShardMessage};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 use std::collections::HashMap;
@@ -324,13 +324,32 @@ impl ShardThread {
                     }
                 }
                 ShardEvent::ToShard { to, message } => {
-                    if let Some(target) = self
+                    let Some(target) = self
                         .links
                         .to_shards
                         .get_mut(usize::from(to.0))
                         .and_then(Option::as_mut)
+                    else {
+                        continue;
+                    };
+                    match message {
+                        ShardMessage::Envelope(envelope) => {
+                            if let Err(PeerMsg::Message(ShardMessage::Envelope(envelope))) =
+                                target.try_send(PeerMsg::Message(ShardMessage::Envelope(envelope)))
+                            {
+                                self.shard.handle_refused(envelope);
+                            }
+                        }
+                        message => target.send(PeerMsg::Message(message)),
+                    }
+                }
+                ShardEvent::ToControl(ControlRequest::Store(envelope)) => {
+                    if let Err(ControlRequest::Store(envelope)) = self
+                        .links
+                        .to_control
+                        .try_send(ControlRequest::Store(envelope))
                     {
-                        target.send(PeerMsg::Message(message));
+                        self.shard.handle_refused(envelope);
                     }
                 }
                 ShardEvent::ToControl(request) => self.links.to_control.send(request),

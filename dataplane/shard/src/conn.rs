@@ -27,6 +27,14 @@ pub struct ConnId {
     generation: u32,
 }
 
+impl ConnId {
+    /// A handle that names no connection (no slab reaches index `u32::MAX`).
+    pub const DANGLING: Self = Self {
+        index: u32::MAX,
+        generation: u32::MAX,
+    };
+}
+
 pub(crate) enum ConnState {
     Handshaking,
     Established(Box<Established>),

@@ -9,10 +9,22 @@
 //!
 //! Inputs: [`Shard::handle_connect`], [`Shard::handle_received`], [`Shard::handle_written`],
 //! [`Shard::handle_closed`], [`Shard::handle_shard_message`], [`Shard::handle_control`],
+//! [`Shard::handle_refused`] (an envelope the IO layer had no link credit for),
 //! [`Shard::adopt`] (a connection handed over from another shard), [`Shard::handle_timeout`],
 //! [`Shard::handle_wall_clock`], [`Shard::handle_shutdown`].
 //! Outputs: [`Shard::poll_dirty`], [`Shard::poll_transmit`], [`Shard::poll_event`],
 //! [`Shard::poll_timeout`].
+//!
+//! Envelopes are the only must-deliver work a shard can refuse: the IO layer sends
+//! [`ShardMessage::Envelope`] and [`ControlRequest::Store`] only with a link credit and hands
+//! the envelope back through [`Shard::handle_refused`] when it has none; the sender then gets
+//! `SendAck(Retry)`. Everything else on the links is small and bounded by what the shard
+//! holds, and is always sent.
+//!
+//! Order per recipient: a device's envelopes reach it in the order its home shard took them.
+//! While control may still hold stored envelopes for an online device, new ones are stored
+//! behind them instead of delivered past them, until control reports
+//! [`ControlEvent::Drained`].
 //!
 //! Sessions are pinned: a device's home shard is [`home_shard`], a keyed function of its id, so
 //! any shard routes to any device without a directory. A connection whose handshake completes
@@ -159,6 +171,7 @@ pub enum ShardMessage {
 #[derive(Debug)]
 pub enum ControlRequest {
     /// Store this envelope durably; answer with [`ControlEvent::Stored`] to its origin shard.
+    /// Needs a link credit (see [`Shard::handle_refused`]).
     Store(Box<Envelope>),
     /// The device acknowledged these stored envelopes; they may be deleted.
     Acknowledged {
@@ -167,10 +180,13 @@ pub enum ControlRequest {
         /// The envelope ids.
         messages: Vec<MessageId>,
     },
-    /// The device is online on this shard (drain its stored envelopes here).
+    /// The device is online on this shard: drain its stored envelopes here, and count the
+    /// `Store`s for it from now on for [`ControlEvent::Drained`].
     SessionOpened {
         /// The device.
         device: DeviceId,
+        /// Which session, echoed in [`ControlEvent::Drained`].
+        session: u64,
     },
     /// The device went offline.
     SessionClosed {
@@ -189,11 +205,31 @@ pub enum ControlEvent {
         /// Its id.
         message: MessageId,
     },
-    /// A stored envelope for a device homed here: deliver it if the device is online and its
-    /// connection has room; otherwise it stays stored. Control paces the drain: a window of
-    /// envelopes per device, more as [`ControlRequest::Acknowledged`] arrives, and a retry now
-    /// and then.
-    Deliver(Box<Envelope>),
+    /// A stored envelope for a device homed here: delivered if the device is online (and
+    /// not already in flight to it). A session that cannot take it is disconnected as a slow
+    /// consumer, so no later envelope overtakes it; it stays stored either way until the
+    /// device acknowledges it. Control paces the drain: a window of envelopes per device, more
+    /// as [`ControlRequest::Acknowledged`] arrives, and a retry now and then.
+    Deliver {
+        /// The envelope.
+        envelope: Box<Envelope>,
+        /// The `session` of the `SessionOpened` it is drained for; it is dropped if that
+        /// session has ended, so a drain meant for an older session never overtakes the new
+        /// session's drain.
+        session: u64,
+    },
+    /// Control holds nothing more for `device`, stored or being stored, counting `stores`
+    /// [`ControlRequest::Store`]s for it since its last [`ControlRequest::SessionOpened`].
+    /// Sent after `SessionOpened` and whenever the device's storage empties while it is
+    /// online. The shard delivers live again once `stores` matches what it sent.
+    Drained {
+        /// The device.
+        device: DeviceId,
+        /// The `session` of that `SessionOpened`.
+        session: u64,
+        /// `Store`s for the device that control took since that `SessionOpened`.
+        stores: u64,
+    },
 }
 
 /// Counters a shard publishes.
@@ -219,6 +255,31 @@ pub struct ShardStats {
     pub stored: u64,
     /// Recipients disconnected for being too slow.
     pub slow_consumers: u64,
+    /// Envelopes refused for lack of link credit (the sender got `SendAck(Retry)`).
+    pub refused: u64,
+    /// Bytes received from connections.
+    pub bytes_in: u64,
+    /// Bytes written to connections.
+    pub bytes_out: u64,
+    /// Connections closed for breaking the protocol or failing decryption.
+    pub closed_protocol: u64,
+    /// Connections closed by the idle or handshake timeout.
+    pub closed_timeout: u64,
+}
+
+/// A device's live session on its home shard.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Online {
+    /// The session's connection.
+    pub(crate) conn: ConnId,
+    /// Control may hold stored envelopes for it: new ones are stored behind them, not
+    /// delivered past them.
+    pub(crate) backlog: bool,
+    /// `Store`s sent for the device since its session opened.
+    pub(crate) stores: u64,
+    /// Which session this is (never 0), so a refused `Store` is uncounted only from the
+    /// session that counted it.
+    pub(crate) epoch: u64,
 }
 
 /// One shard. See the crate documentation for how to drive it.
@@ -227,8 +288,8 @@ pub struct Shard<R: Rng> {
     responder: Responder,
     rng: R,
     conns: conn::Slab,
-    /// Devices homed here with a live session, and that session's connection.
-    online: BTreeMap<DeviceId, ConnId>,
+    /// Devices homed here with a live session.
+    online: BTreeMap<DeviceId, Online>,
     events: VecDeque<ShardEvent>,
     stats: ShardStats,
     /// Reused buffer for handshake replies.
@@ -241,6 +302,8 @@ pub struct Shard<R: Rng> {
     sources: BTreeMap<core::net::IpAddr, u32>,
     /// A reading of the wall clock: (monotonic, Unix ms), for timestamps sent to clients.
     wall_clock: (Instant, u64),
+    /// Sessions opened so far (the last [`Online::epoch`]).
+    epochs: u64,
 }
 
 impl<R: Rng> core::fmt::Debug for Shard<R> {
@@ -270,6 +333,7 @@ impl<R: Rng> Shard<R> {
             dirty: Vec::new(),
             sources: BTreeMap::new(),
             wall_clock: (now, 0),
+            epochs: 0,
         }
     }
 
@@ -294,6 +358,11 @@ impl<R: Rng> Shard<R> {
     /// Live connections.
     pub fn conns_len(&self) -> usize {
         self.conns.len()
+    }
+
+    /// Live sessions (devices online on this shard).
+    pub fn sessions_len(&self) -> usize {
+        self.online.len()
     }
 
     /// Whether `device` has a live session on this shard.
@@ -342,6 +411,7 @@ impl<R: Rng> Shard<R> {
             return;
         };
         conn.last_rx = now;
+        self.stats.bytes_in += bytes.len() as u64;
         if conn.inbound.len() + bytes.len() > conn::INBOUND_BYTES_MAX {
             self.close(id, CloseReason::Protocol(ErrorCode::FRAME_TOO_LARGE));
             return;
@@ -420,15 +490,25 @@ impl<R: Rng> Shard<R> {
     /// The device said Hello: its session is ready for deliveries (so `Welcome` is always the
     /// first frame a client reads). A newer session of the same device replaces the older one.
     pub(crate) fn session_opened(&mut self, id: ConnId, device: DeviceId) {
-        if let Some(old) = self.online.insert(device, id)
+        if let Some(old) = self.online.get(&device).map(|online| online.conn)
             && old != id
         {
+            // Its envelopes in flight are stored (uncounted) and control hears it went away
+            // before it hears of the new session.
             self.close(old, CloseReason::Protocol(ErrorCode::CONFLICT));
-            self.online.insert(device, id);
         }
+        self.epochs += 1;
+        let online = Online {
+            conn: id,
+            backlog: true,
+            stores: 0,
+            epoch: self.epochs,
+        };
+        self.online.insert(device, online);
         self.events
             .push_back(ShardEvent::ToControl(ControlRequest::SessionOpened {
                 device,
+                session: self.epochs,
             }));
     }
 
@@ -514,15 +594,6 @@ impl<R: Rng> Shard<R> {
         self.send_frame(id, &frame);
     }
 
-    /// Whether `len` more bytes fit the outbound bound of connection `id` (false if it is gone
-    /// or closing).
-    pub(crate) fn has_room(&mut self, id: ConnId, len: usize) -> bool {
-        let bound = self.config.outbound_bytes_max;
-        self.conns
-            .get_mut(id)
-            .is_some_and(|conn| !conn.closing && conn.pending_bytes() + len <= bound)
-    }
-
     /// Queues `frame` on connection `id`; returns false (and disconnects the recipient) when
     /// its outbound bound is exceeded.
     fn send_frame(&mut self, id: ConnId, frame: &dp_proto::Frame<'_>) -> bool {
@@ -559,6 +630,7 @@ impl<R: Rng> Shard<R> {
     pub fn handle_written(&mut self, id: ConnId, n: usize) {
         if let Some(conn) = self.conns.get_mut(id) {
             conn.consume_outbound(n);
+            self.stats.bytes_out += n as u64;
         }
     }
 
@@ -576,7 +648,11 @@ impl<R: Rng> Shard<R> {
 
     /// If `id` is `device`'s live session, the device is offline now: tell control.
     fn go_offline(&mut self, id: ConnId, device: DeviceId) {
-        if self.online.get(&device) == Some(&id) {
+        if self
+            .online
+            .get(&device)
+            .is_some_and(|online| online.conn == id)
+        {
             self.online.remove(&device);
             self.events
                 .push_back(ShardEvent::ToControl(ControlRequest::SessionClosed {
@@ -590,6 +666,13 @@ impl<R: Rng> Shard<R> {
             && !conn.closing
         {
             conn.closing = true;
+            match reason {
+                CloseReason::Crypto | CloseReason::Protocol(_) => self.stats.closed_protocol += 1,
+                CloseReason::Idle | CloseReason::HandshakeTimeout => {
+                    self.stats.closed_timeout += 1;
+                }
+                _ => {}
+            }
             let device = match &conn.state {
                 ConnState::Established(session) => Some(session.device),
                 ConnState::Handshaking => None,
@@ -671,12 +754,36 @@ impl<R: Rng> Shard<R> {
             ControlEvent::Stored { origin, message } => {
                 route::acknowledge(self, origin, message, SendStatus::Stored);
             }
-            ControlEvent::Deliver(envelope) => {
-                if let Some(&id) = self.online.get(&envelope.recipient) {
+            ControlEvent::Deliver { envelope, session } => {
+                if let Some(online) = self.online.get(&envelope.recipient)
+                    && online.epoch == session
+                {
                     // Already stored: if this fails the envelope simply stays in storage.
-                    route::deliver_local(self, id, &envelope.as_ref_stored(true));
+                    route::deliver_local(self, online.conn, &envelope.as_ref_stored(true));
                 }
             }
+            ControlEvent::Drained {
+                device,
+                session,
+                stores,
+            } => {
+                if let Some(online) = self.online.get_mut(&device)
+                    && online.epoch == session
+                    && online.stores == stores
+                {
+                    online.backlog = false;
+                }
+            }
+        }
+    }
+
+    /// The IO layer had no link credit for this envelope (from a
+    /// [`ShardMessage::Envelope`] or a [`ControlRequest::Store`]), so it was not sent: its
+    /// sender hears `SendAck(Retry)` and sends it again later.
+    pub fn handle_refused(&mut self, envelope: Box<Envelope>) {
+        route::refuse(self, &envelope);
+        if self.bodies.len() < conn::BODY_POOL_MAX {
+            self.bodies.push(envelope.body);
         }
     }
 

@@ -39,6 +39,8 @@ pub struct Envelope {
     pub body: Vec<u8>,
     /// Where the acknowledgement goes.
     pub origin: Origin,
+    /// The session epoch of the recipient whose `Store` count this envelope is in (0: none).
+    counted: u64,
 }
 
 /// An envelope borrowed from a received frame, copied only if it must outlive it.
@@ -62,11 +64,36 @@ impl EnvelopeRef<'_> {
             sent_at_ms: self.sent_at_ms,
             body: self.body.to_vec(),
             origin: self.origin,
+            counted: 0,
         }
     }
 }
 
 impl Envelope {
+    /// An envelope read back from storage, to hand to the recipient's home shard with
+    /// [`ControlEvent::Deliver`](crate::ControlEvent::Deliver). Its `origin` is unused: the
+    /// recipient's acknowledgement goes to control.
+    pub fn from_storage(
+        message: MessageId,
+        sender: DeviceId,
+        recipient: DeviceId,
+        sent_at_ms: u64,
+        body: Vec<u8>,
+    ) -> Self {
+        Self {
+            message,
+            sender,
+            recipient,
+            sent_at_ms,
+            body,
+            origin: Origin {
+                shard: ShardId(0),
+                conn: ConnId::DANGLING,
+            },
+            counted: 0,
+        }
+    }
+
     pub(crate) fn as_ref_stored(&self, stored: bool) -> EnvelopeRef<'_> {
         EnvelopeRef {
             message: self.message,
@@ -192,7 +219,7 @@ fn handle_send<R: Rng>(
         // The fast path: encode the Deliver straight from the borrowed Send; the sender is
         // acknowledged when the recipient acknowledges (or, if it goes away first, when the
         // envelope is stored).
-        if let Some(&target) = shard.online.get(&recipient)
+        if let Some(target) = live_target(shard, recipient)
             && deliver_local(shard, target, &envelope)
         {
             return;
@@ -207,8 +234,23 @@ fn handle_send<R: Rng>(
     }
 }
 
-fn store<R: Rng>(shard: &mut Shard<R>, envelope: Box<Envelope>) {
+/// The connection to deliver a live envelope for `recipient` to: its session, unless control
+/// may still hold older envelopes for it (then the new one is stored behind them).
+fn live_target<R: Rng>(shard: &Shard<R>, recipient: DeviceId) -> Option<ConnId> {
+    shard
+        .online
+        .get(&recipient)
+        .and_then(|online| (!online.backlog).then_some(online.conn))
+}
+
+fn store<R: Rng>(shard: &mut Shard<R>, mut envelope: Box<Envelope>) {
     shard.stats.stored += 1;
+    if let Some(online) = shard.online.get_mut(&envelope.recipient) {
+        // Delivered from storage from now on, in order, until control reports it drained.
+        online.backlog = true;
+        online.stores += 1;
+        envelope.counted = online.epoch;
+    }
     shard
         .events
         .push_back(ShardEvent::ToControl(ControlRequest::Store(envelope)));
@@ -216,7 +258,7 @@ fn store<R: Rng>(shard: &mut Shard<R>, envelope: Box<Envelope>) {
 
 /// An envelope from another shard for a device homed here.
 pub(crate) fn deliver_or_store<R: Rng>(shard: &mut Shard<R>, envelope: Box<Envelope>) {
-    if let Some(&target) = shard.online.get(&envelope.recipient)
+    if let Some(target) = live_target(shard, envelope.recipient)
         && deliver_local(shard, target, &envelope.as_ref_stored(false))
     {
         return;
@@ -241,15 +283,21 @@ pub(crate) fn deliver_local<R: Rng>(
         sent_at_ms: envelope.sent_at_ms,
         body: envelope.body,
     });
-    let inflight_full = shard
-        .conns
-        .get_mut(target)
-        .is_none_or(|conn| conn.inflight.len() >= crate::conn::INFLIGHT_MAX);
-    if envelope.stored && (inflight_full || !shard.has_room(target, deliver.encoded_len())) {
-        // A drain from storage waits for room (control retries as acknowledgements come);
-        // only live traffic that a recipient cannot take marks it as stuck.
+    let Some(conn) = shard.conns.get_mut(target) else {
         return false;
+    };
+    if envelope.stored
+        && conn
+            .inflight
+            .iter()
+            .any(|f| f.envelope.message == envelope.message)
+    {
+        // Control's retry of its drain window: this one is already on its way.
+        return true;
     }
+    // A recipient that cannot take the next envelope, live or stored, is stuck: it is
+    // disconnected (what it had in flight is stored), so nothing later overtakes this one.
+    let inflight_full = conn.inflight.len() >= crate::conn::INFLIGHT_MAX;
     if inflight_full {
         shard.stats.slow_consumers += 1;
         shard.close(target, CloseReason::SlowConsumer);
@@ -270,6 +318,7 @@ pub(crate) fn deliver_local<R: Rng>(
             sent_at_ms: envelope.sent_at_ms,
             body,
             origin: envelope.origin,
+            counted: 0,
         },
         stored: envelope.stored,
     };
@@ -337,6 +386,21 @@ pub(crate) fn store_inflight<R: Rng>(
             store(shard, Box::new(inflight.envelope));
         }
     }
+}
+
+/// An envelope the IO layer could not send for lack of link credit: undo its count as a
+/// store, and tell its sender to send it again.
+pub(crate) fn refuse<R: Rng>(shard: &mut Shard<R>, envelope: &Envelope) {
+    shard.stats.refused += 1;
+    if let Some(online) = shard.online.get_mut(&envelope.recipient)
+        && envelope.counted != 0
+        && envelope.counted == online.epoch
+    {
+        // This `Store` never reached control. `backlog` stays set: control's `Drained`
+        // clears it.
+        online.stores -= 1;
+    }
+    acknowledge(shard, envelope.origin, envelope.message, SendStatus::Retry);
 }
 
 /// Tells the sender that its envelope was delivered or stored: directly if it is connected to

@@ -268,3 +268,86 @@ fn connections_are_capped_per_source_address_not_per_port() {
     );
     assert_eq!(shard.stats().conns_refused, 2);
 }
+
+/// Goal: an envelope the server has no link credit for is refused upstream with
+/// `SendAck(Retry)`, holds nothing, and goes through when sent again after credit returns.
+#[test]
+fn out_of_credit_envelopes_are_refused_with_retry() {
+    for (home_b, offline) in [(1, false), (0, true)] {
+        let mut w = World::new();
+        let a = w.connect(0, 0, xk());
+        let b = w.connect(home_b, 1, xk());
+        if offline {
+            // b is offline: its envelopes need control's (credited) link.
+            let (shard, conn) = (w.clients[b].shard, w.clients[b].conn);
+            w.clients[b].closed = Some(CloseReason::Peer);
+            w.shards[shard].handle_closed(conn);
+            w.pump();
+        }
+        w.set_credits(0);
+        let m = w.send_envelope(a, b, 1, b"later");
+        assert_eq!(
+            w.clients[a].got.last(),
+            Some(&Got::SendAck(m, SendStatus::Retry))
+        );
+        assert!(w.stored.is_empty());
+        assert_eq!(w.shards[0].stats().refused, 1);
+        w.set_credits(4);
+        let m = w.send_envelope(a, b, 1, b"later");
+        let expected = if offline {
+            SendStatus::Stored
+        } else {
+            SendStatus::Delivered
+        };
+        assert_eq!(w.clients[a].got.last(), Some(&Got::SendAck(m, expected)));
+        assert_eq!(w.stored.len(), usize::from(offline));
+    }
+}
+
+/// Goal: while control still drains a device's stored envelopes, a new envelope to it is
+/// stored behind them rather than delivered past them (order per recipient).
+#[test]
+fn new_envelopes_wait_behind_the_stored_backlog() {
+    let mut w = World::new();
+    let a = w.connect(0, 0, xk());
+    let b = w.connect(1, 1, xk());
+    let b_key = w.clients[b].key.clone();
+    let (shard, conn) = (w.clients[b].shard, w.clients[b].conn);
+    w.clients[b].closed = Some(CloseReason::Peer);
+    w.shards[shard].handle_closed(conn);
+    w.pump();
+    let first = w.send_envelope(a, b, 1, b"first");
+    assert_eq!(
+        w.clients[a].got.last(),
+        Some(&Got::SendAck(first, SendStatus::Stored))
+    );
+    // b returns but does not read yet: its drain stays unacknowledged.
+    let b2 = w.handshake(b_key, 1, xk());
+    w.clients[b2].reading = false;
+    w.hello(b2);
+    let second = w.send_envelope(a, b, 2, b"second");
+    assert_eq!(
+        w.clients[a].got.last(),
+        Some(&Got::SendAck(second, SendStatus::Stored)),
+        "the second envelope must queue behind the first"
+    );
+    w.clients[b2].reading = true;
+    w.pump();
+    w.retry_stored();
+    let delivered: Vec<MessageId> = w.clients[b2]
+        .got
+        .iter()
+        .filter_map(|g| match g {
+            Got::Deliver(id, _, _) => Some(*id),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(delivered, vec![first, second]);
+    assert!(w.stored.is_empty());
+    // Drained: live delivery resumes.
+    let third = w.send_envelope(a, b, 3, b"third");
+    assert_eq!(
+        w.clients[a].got.last(),
+        Some(&Got::SendAck(third, SendStatus::Delivered))
+    );
+}

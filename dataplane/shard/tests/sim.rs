@@ -1,11 +1,20 @@
-//! Deterministic simulation: devices on two shards connect, send to each other, stall, vanish
-//! and come back, and time jumps, all drawn from a seed. Invariants are checked after every
-//! step, and at the end every device returns and everything drains:
+//! Deterministic simulation: devices on two shards connect, send to each other, stall, lose
+//! their connections and come back, while ring messages between shards and control interleave
+//! in an order drawn from the seed, links run out of credit, TCP reads split records at random
+//! points, and time jumps. Clients behave like the client library: they resend every envelope
+//! not yet acknowledged (after `SendAck(Retry)` and after a reconnect) with the same id, and
+//! deduplicate deliveries by id.
 //!
-//! - a delivered envelope names its true sender (identity comes from the handshake only);
-//! - a sender gets at most one acknowledgement per envelope;
-//! - every envelope whose sender was acknowledged reaches its recipient (at least once; the
-//!   client's dedup by id makes it exactly once for the application), and storage ends empty.
+//! Invariants, checked after every step:
+//! - a delivered envelope names its true sender and reaches only its recipient (identity comes
+//!   from the handshake only);
+//! - a sender gets at most one acknowledgement (`Delivered` or `Stored`) per envelope;
+//! - order per recipient: if envelope A was acknowledged before envelope B from the same sender
+//!   to the same recipient was first sent, the recipient's application sees A before B;
+//! - every ring holds no more envelopes than its credits allow.
+//!
+//! And at the end, once every device is back and everything drains: every acknowledged
+//! envelope reached its recipient's application exactly once, and storage is empty.
 //!
 //! `DP_SIM_SEED=<n>` replays one seed; `DP_SIM_SEEDS=<n>` sweeps seeds 0..n (default 64).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -17,11 +26,24 @@ use core::time::Duration;
 use dp_core::{DeviceId, MessageId, SeededRng};
 use dp_noise::StaticKeypair;
 use dp_proto::{Frame, Recipient, SendFrame, SendStatus};
-use dp_shard::{CloseReason, ShardConfig};
+use dp_shard::{CloseReason, ShardConfig, ShardMessage};
 use std::collections::{BTreeMap, BTreeSet};
 
 const DEVICES: usize = 6;
 const STEPS: usize = 250;
+
+/// One envelope as its sending application sees it.
+struct Sent {
+    from: usize,
+    to: usize,
+    body_len: usize,
+    /// Step of the first send.
+    first_sent: u64,
+    /// Step of the acknowledgement (Delivered or Stored), once there is one.
+    acked: Option<u64>,
+    /// Refused with `Retry`: to be sent again.
+    retry: bool,
+}
 
 struct Run {
     w: World,
@@ -29,8 +51,12 @@ struct Run {
     keys: Vec<StaticKeypair>,
     /// The live client of each device, if connected.
     live: Vec<Option<usize>>,
-    /// message → (sender, recipient)
-    sent: BTreeMap<MessageId, (DeviceId, DeviceId)>,
+    sent: BTreeMap<MessageId, Sent>,
+    /// Per device: envelopes its application received, in order, deduplicated by id.
+    app: Vec<Vec<MessageId>>,
+    /// Per client: how many of its `got` entries have been processed.
+    seen: Vec<usize>,
+    tick: u64,
     next_id: u32,
 }
 
@@ -41,17 +67,21 @@ impl Run {
             config.idle_timeout = Duration::from_secs(60);
         });
         let mut rng = SeededRng::new(seed);
+        w.rng = SeededRng::new(seed ^ 0x5151);
+        w.chaos = true;
+        w.set_credits(1 + (rng.next_u64() % 4) as u32);
         let keys: Vec<StaticKeypair> = (0..DEVICES)
             .map(|i| w.key_homed_on((i % 2) as u16))
             .collect();
-        let live = vec![None; DEVICES];
-        let _ = &mut rng;
         Self {
             w,
             rng,
             keys,
-            live,
+            live: vec![None; DEVICES],
             sent: BTreeMap::new(),
+            app: vec![Vec::new(); DEVICES],
+            seen: Vec::new(),
+            tick: 0,
             next_id: 0,
         }
     }
@@ -60,22 +90,63 @@ impl Run {
         (self.rng.next_u64() % n as u64) as usize
     }
 
+    fn device_index(&self, device: DeviceId) -> usize {
+        (0..DEVICES)
+            .find(|&i| dp_noise::device_id(self.keys[i].public()) == device)
+            .unwrap()
+    }
+
+    /// Connects the device and resends everything it has not had acknowledged, in id order
+    /// (the order it first sent them).
     fn connect(&mut self, device: usize) {
         let via = self.pick(2);
         let client = self.w.handshake(self.keys[device].clone(), via, xk());
         self.w.hello(client);
         self.live[device] = Some(client);
+        self.observe();
+        let pending: Vec<MessageId> = self
+            .sent
+            .iter()
+            .filter(|(_, s)| s.from == device && s.acked.is_none())
+            .map(|(id, _)| *id)
+            .collect();
+        for id in pending {
+            self.transmit(id);
+        }
+    }
+
+    /// Sends envelope `id` on its sender's live connection, if it has one.
+    fn transmit(&mut self, id: MessageId) {
+        let (from, to, body_len) = {
+            let s = &self.sent[&id];
+            (s.from, s.to, s.body_len)
+        };
+        let Some(c) = self.live_client(from) else {
+            return;
+        };
+        self.sent.get_mut(&id).unwrap().retry = false;
+        let recipient = dp_noise::device_id(self.keys[to].public());
+        let body = vec![to as u8; body_len];
+        let frame = Frame::Send(SendFrame {
+            message: id,
+            recipient: Recipient::Device(recipient),
+            body: &body,
+        });
+        self.w.send(c, &frame);
+        self.observe();
     }
 
     fn step(&mut self) {
+        self.tick += 1;
         let device = self.pick(DEVICES);
-        match self.pick(10) {
+        match self.pick(11) {
             0 | 1 => {
                 if self.live_client(device).is_none() {
                     self.connect(device);
                 }
             }
             2 => {
+                // The connection drops: what either side had not read yet is lost.
                 if let Some(c) = self.live_client(device) {
                     let (shard, conn) = (self.w.clients[c].shard, self.w.clients[c].conn);
                     self.w.clients[c].closed = Some(CloseReason::Peer);
@@ -102,25 +173,40 @@ impl Run {
                 self.w.pump();
                 self.w.retry_stored();
             }
+            5 => {
+                let retry: Vec<MessageId> = self
+                    .sent
+                    .iter()
+                    .filter(|(_, s)| s.from == device && s.retry)
+                    .map(|(id, _)| *id)
+                    .collect();
+                for id in retry {
+                    self.transmit(id);
+                }
+            }
             _ => {
-                if let Some(c) = self.live_client(device) {
+                if self.live_client(device).is_some() {
                     let to = self.pick(DEVICES);
                     let message =
                         MessageId(self.next_id.to_be_bytes().repeat(4).try_into().unwrap());
                     self.next_id += 1;
-                    let recipient = dp_noise::device_id(self.keys[to].public());
-                    let sender = dp_noise::device_id(self.keys[device].public());
-                    self.sent.insert(message, (sender, recipient));
-                    let body = vec![to as u8; 512 + self.pick(4096)];
-                    let frame = Frame::Send(SendFrame {
+                    let body_len = 512 + self.pick(4096);
+                    self.sent.insert(
                         message,
-                        recipient: Recipient::Device(recipient),
-                        body: &body,
-                    });
-                    self.w.send(c, &frame);
+                        Sent {
+                            from: device,
+                            to,
+                            body_len,
+                            first_sent: self.tick,
+                            acked: None,
+                            retry: false,
+                        },
+                    );
+                    self.transmit(message);
                 }
             }
         }
+        self.observe();
     }
 
     fn live_client(&mut self, device: usize) -> Option<usize> {
@@ -132,74 +218,123 @@ impl Run {
         Some(c)
     }
 
-    /// Acknowledgements per message across all client instances, and deliveries per message.
-    fn tally(
-        &self,
-    ) -> (
-        BTreeMap<MessageId, usize>,
-        BTreeMap<MessageId, BTreeSet<DeviceId>>,
-    ) {
-        let mut acks = BTreeMap::new();
-        let mut delivered: BTreeMap<MessageId, BTreeSet<DeviceId>> = BTreeMap::new();
-        for client in &self.w.clients {
-            let me = dp_noise::device_id(client.key.public());
-            for got in &client.got {
+    /// Feeds what clients received since the last call to their applications.
+    fn observe(&mut self) {
+        self.seen.resize(self.w.clients.len(), 0);
+        for c in 0..self.w.clients.len() {
+            let me = self.device_index(dp_noise::device_id(self.w.clients[c].key.public()));
+            let got = self.w.clients[c].got[self.seen[c]..].to_vec();
+            self.seen[c] = self.w.clients[c].got.len();
+            for got in got {
                 match got {
-                    Got::SendAck(id, SendStatus::Delivered | SendStatus::Stored) => {
-                        *acks.entry(*id).or_insert(0) += 1;
+                    Got::SendAck(id, SendStatus::Retry) => {
+                        let sent = self.sent.get_mut(&id).unwrap();
+                        assert!(sent.acked.is_none(), "{id:?}: Retry after an ack");
+                        sent.retry = true;
+                    }
+                    Got::SendAck(id, _) => {
+                        let sent = self.sent.get_mut(&id).unwrap();
+                        assert_eq!(sent.from, me, "{id:?} acknowledged to another device");
+                        assert!(sent.acked.is_none(), "{id:?} acknowledged twice");
+                        sent.acked = Some(self.tick);
                     }
                     Got::Deliver(id, sender, _) => {
-                        let (true_sender, recipient) = self.sent[id];
-                        assert_eq!(*sender, true_sender, "delivered under a false sender");
-                        assert_eq!(me, recipient, "delivered to the wrong device");
-                        delivered.entry(*id).or_default().insert(me);
+                        let sent = &self.sent[&id];
+                        let true_sender = dp_noise::device_id(self.keys[sent.from].public());
+                        assert_eq!(sender, true_sender, "delivered under a false sender");
+                        assert_eq!(sent.to, me, "delivered to the wrong device");
+                        if !self.app[me].contains(&id) {
+                            self.check_order(me, id);
+                            self.app[me].push(id);
+                        }
                     }
                     _ => {}
                 }
             }
         }
-        (acks, delivered)
     }
 
-    fn check(&self) {
-        let (acks, _) = self.tally();
-        for (id, count) in acks {
-            assert_eq!(count, 1, "message {id:?} acknowledged {count} times");
+    /// `id` reaches its recipient's application: every envelope from the same sender to the
+    /// same recipient that was acknowledged before `id` was first sent must be there already.
+    fn check_order(&self, recipient: usize, id: MessageId) {
+        let new = &self.sent[&id];
+        for (earlier_id, earlier) in &self.sent {
+            if earlier.from == new.from
+                && earlier.to == recipient
+                && earlier.acked.is_some_and(|at| at < new.first_sent)
+            {
+                assert!(
+                    self.app[recipient].contains(earlier_id),
+                    "{id:?} delivered before {earlier_id:?}, which was acknowledged before it \
+                     was sent"
+                );
+            }
+        }
+    }
+
+    fn check_bounds(&self) {
+        let credits = self.w.credits as usize;
+        for ring in self.w.shard_rings.iter().flatten() {
+            let envelopes = ring
+                .queue
+                .iter()
+                .filter(|m| matches!(m, ShardMessage::Envelope(_)))
+                .count();
+            assert!(
+                envelopes <= credits,
+                "a shard ring holds {envelopes} envelopes"
+            );
         }
     }
 
     fn finish(&mut self) {
+        self.w.chaos = false;
         for device in 0..DEVICES {
             if let Some(c) = self.live_client(device) {
                 self.w.clients[c].reading = true;
             }
         }
         self.w.pump();
+        self.observe();
         for device in 0..DEVICES {
             if self.live_client(device).is_none() {
                 self.connect(device);
             }
         }
-        self.w.pump();
-        // Control's retry timer fires until storage drains (bounded).
+        // Resends (bounded) until nothing is refused, then control's retry timer until
+        // storage drains.
         for _ in 0..100 {
-            if self.w.stored.is_empty() {
-                break;
+            let retry: Vec<MessageId> = self
+                .sent
+                .iter()
+                .filter(|(_, s)| s.retry)
+                .map(|(id, _)| *id)
+                .collect();
+            for id in retry {
+                self.transmit(id);
             }
             self.w.retry_stored();
+            self.observe();
+            if self.w.stored.is_empty() && self.sent.values().all(|s| !s.retry) {
+                break;
+            }
         }
-        let (acks, delivered) = self.tally();
-        for id in acks.keys() {
-            assert!(
-                delivered.contains_key(id),
-                "acknowledged message {id:?} never delivered"
-            );
+        for (id, sent) in &self.sent {
+            if sent.acked.is_some() {
+                let count = self.app[sent.to].iter().filter(|m| *m == id).count();
+                assert_eq!(
+                    count, 1,
+                    "acknowledged {id:?} reached its recipient {count} times"
+                );
+            }
         }
         assert!(
             self.w.stored.is_empty(),
             "{} envelopes left in storage",
             self.w.stored.len()
         );
+        let unique: BTreeSet<_> = self.app.iter().flatten().collect();
+        assert_eq!(unique.len(), self.app.iter().map(Vec::len).sum::<usize>());
     }
 }
 
@@ -210,7 +345,7 @@ fn run(seed: u64) {
     }
     for _ in 0..STEPS {
         run.step();
-        run.check();
+        run.check_bounds();
     }
     run.finish();
 }

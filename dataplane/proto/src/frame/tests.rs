@@ -291,7 +291,7 @@ fn undefined_enum_values_are_invalid() {
     // (frame index, offset of the enum byte in the encoded frame, field, defined values)
     let cases: &[(FrameType, usize, Field, &[u8])] = &[
         (FrameType::Send, 2 + 16, Field::RecipientTag, &[1, 2]),
-        (FrameType::SendAck, 2 + 16, Field::SendStatus, &[1, 2]),
+        (FrameType::SendAck, 2 + 16, Field::SendStatus, &[1, 2, 3]),
         (FrameType::Receipt, 2 + 8, Field::ReceiptKind, &[1, 2]),
         (
             FrameType::ReceiptFrom,

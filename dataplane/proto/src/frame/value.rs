@@ -67,6 +67,9 @@ wire_enum! {
         Delivered = 0x01,
         /// Durably stored for a recipient that is offline (or went away before acknowledging).
         Stored = 0x02,
+        /// Not taken: the server is out of room on the envelope's path and kept no copy. Not an
+        /// acknowledgement; the client sends the same envelope (same id) again after a pause.
+        Retry = 0x03,
     }
 }
 

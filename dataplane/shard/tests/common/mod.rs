@@ -18,9 +18,9 @@ use dp_proto::{
 use dp_proto::{ErrorCode, SendStatus};
 use dp_shard::{
     CloseReason, ConnId, ControlEvent, ControlRequest, Envelope, Shard, ShardConfig, ShardEvent,
-    ShardId, home_shard,
+    ShardId, ShardMessage, home_shard,
 };
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 pub const SHARDS: u16 = 2;
 pub const KEY: u64 = 0x5eed;
@@ -53,14 +53,48 @@ pub struct Client {
     pub unacked: Vec<MessageId>,
 }
 
+/// A link between two parties, like the IO layer's: FIFO, with credits for envelopes.
+pub struct Ring<T> {
+    pub queue: VecDeque<T>,
+    pub credits: u32,
+}
+
+impl<T> Ring<T> {
+    fn new(credits: u32) -> Self {
+        Self {
+            queue: VecDeque::new(),
+            credits,
+        }
+    }
+}
+
+/// Control's view of one device.
+#[derive(Default)]
+pub struct ControlDevice {
+    /// Its live session (from `SessionOpened`), if any.
+    pub session: Option<u64>,
+    /// `Store`s taken since that `SessionOpened`.
+    pub stores: u64,
+    /// Stored envelopes sent to its current session, not yet acknowledged.
+    pub draining: BTreeSet<MessageId>,
+}
+
 pub struct World {
     pub now: Instant,
     pub shards: Vec<Shard<SeededRng>>,
     pub server: StaticKeypair,
     pub clients: Vec<Client>,
     pub stored: Vec<Envelope>,
-    /// Per device: stored envelopes sent to its current session, not yet acknowledged.
-    pub draining: BTreeMap<DeviceId, BTreeSet<MessageId>>,
+    pub devices: BTreeMap<DeviceId, ControlDevice>,
+    /// `shard_rings[from][to]`.
+    pub shard_rings: Vec<Vec<Ring<ShardMessage>>>,
+    pub to_control: Vec<Ring<ControlRequest>>,
+    pub from_control: Vec<Ring<ControlEvent>>,
+    /// Credits each ring grants for envelopes.
+    pub credits: u32,
+    /// When set, `pump` moves only some ring messages per round and may stop before the rings
+    /// are empty, both chosen by `rng`, so ring deliveries interleave with everything else.
+    pub chaos: bool,
     pub rng: SeededRng,
 }
 
@@ -92,14 +126,34 @@ impl World {
                 )
             })
             .collect();
+        let credits = 4096;
+        let n = usize::from(SHARDS);
         Self {
             now,
             shards,
             server,
             clients: Vec::new(),
             stored: Vec::new(),
-            draining: BTreeMap::new(),
+            devices: BTreeMap::new(),
+            shard_rings: (0..n)
+                .map(|_| (0..n).map(|_| Ring::new(credits)).collect())
+                .collect(),
+            to_control: (0..n).map(|_| Ring::new(credits)).collect(),
+            from_control: (0..n).map(|_| Ring::new(credits)).collect(),
+            credits,
+            chaos: false,
             rng,
+        }
+    }
+
+    /// Sets the envelope credits of every ring.
+    pub fn set_credits(&mut self, credits: u32) {
+        self.credits = credits;
+        for ring in self.shard_rings.iter_mut().flatten() {
+            ring.credits = credits;
+        }
+        for ring in &mut self.to_control {
+            ring.credits = credits;
         }
     }
 
@@ -197,7 +251,14 @@ impl World {
         let mut out = vec![0u8; StreamSession::sealed_len_max(plain.len())];
         let n = stream.seal_record(self.now, &plain, &mut out).unwrap();
         let (shard, conn) = (c.shard, c.conn);
-        self.shards[shard].handle_received(self.now, conn, &out[..n]);
+        if self.chaos {
+            // TCP segments at arbitrary points: feed the record in two reads.
+            let cut = (self.rng.next_u64() % (n as u64 + 1)) as usize;
+            self.shards[shard].handle_received(self.now, conn, &out[..cut]);
+            self.shards[shard].handle_received(self.now, conn, &out[cut..n]);
+        } else {
+            self.shards[shard].handle_received(self.now, conn, &out[..n]);
+        }
     }
 
     pub fn send_envelope(&mut self, from: usize, to: usize, id: u8, body: &[u8]) -> MessageId {
@@ -215,14 +276,17 @@ impl World {
     }
 
     pub fn pump(&mut self) {
-        for _round in 0..64 {
-            let mut busy = false;
-            for s in 0..self.shards.len() {
-                while let Some(event) = self.shards[s].poll_event() {
-                    busy = true;
-                    self.handle_event(s, event);
-                }
-            }
+        // In chaos mode a pump may stop early, so the next step runs with messages still in
+        // the rings.
+        let rounds = if self.chaos {
+            1 + self.rng.next_u64() % 8
+        } else {
+            256
+        };
+        for _round in 0..rounds {
+            let mut busy = self.drain_events();
+            busy |= self.move_rings();
+            busy |= self.drain_events();
             for c in 0..self.clients.len() {
                 if self.clients[c].closed.is_some() || !self.clients[c].reading {
                     continue;
@@ -242,11 +306,74 @@ impl World {
                     self.send_raw(c, &Frame::DeliveryAck(DeliveryAck { messages: ids }));
                 }
             }
-            if !busy {
+            if !busy && self.rings_empty() {
                 return;
             }
         }
-        panic!("no quiescence");
+        assert!(self.chaos, "no quiescence");
+    }
+
+    fn drain_events(&mut self) -> bool {
+        let mut busy = false;
+        for s in 0..self.shards.len() {
+            while let Some(event) = self.shards[s].poll_event() {
+                busy = true;
+                self.handle_event(s, event);
+            }
+        }
+        busy
+    }
+
+    pub fn rings_empty(&self) -> bool {
+        self.shard_rings
+            .iter()
+            .flatten()
+            .all(|ring| ring.queue.is_empty())
+            && self.to_control.iter().all(|ring| ring.queue.is_empty())
+            && self.from_control.iter().all(|ring| ring.queue.is_empty())
+    }
+
+    /// Takes the next message of each ring (all of them unless in chaos mode, where each ring
+    /// moves with probability 1/2) and hands it to its receiver; returns whether any moved.
+    fn move_rings(&mut self) -> bool {
+        let n = self.shards.len();
+        let mut moved = false;
+        for from in 0..n {
+            for to in 0..n {
+                if !self.ring_turn() {
+                    continue;
+                }
+                if let Some(message) = self.shard_rings[from][to].queue.pop_front() {
+                    moved = true;
+                    if matches!(message, ShardMessage::Envelope(_)) {
+                        self.shard_rings[from][to].credits += 1;
+                    }
+                    self.shards[to].handle_shard_message(self.now, message);
+                }
+            }
+        }
+        for s in 0..n {
+            if self.ring_turn()
+                && let Some(request) = self.to_control[s].queue.pop_front()
+            {
+                moved = true;
+                if matches!(request, ControlRequest::Store(_)) {
+                    self.to_control[s].credits += 1;
+                }
+                self.control(s, request);
+            }
+            if self.ring_turn()
+                && let Some(event) = self.from_control[s].queue.pop_front()
+            {
+                moved = true;
+                self.shards[s].handle_control(self.now, event);
+            }
+        }
+        moved
+    }
+
+    fn ring_turn(&mut self) -> bool {
+        !self.chaos || self.rng.next_u64().is_multiple_of(2)
     }
 
     pub fn handle_event(&mut self, s: usize, event: ShardEvent) {
@@ -280,63 +407,127 @@ impl World {
                 c.conn = new;
             }
             ShardEvent::ToShard { to, message } => {
-                self.shards[usize::from(to.0)].handle_shard_message(self.now, message);
-            }
-            ShardEvent::ToControl(request) => match request {
-                ControlRequest::Store(envelope) => {
-                    let origin = envelope.origin;
-                    let message = envelope.message;
-                    self.stored.push(*envelope);
-                    self.shards[usize::from(origin.shard.0)]
-                        .handle_control(self.now, ControlEvent::Stored { origin, message });
-                }
-                ControlRequest::SessionOpened { device } => {
-                    let home = usize::from(home_shard(device, SHARDS, KEY).0);
-                    assert_eq!(home, s, "sessions open on their home shard");
-                    self.draining.remove(&device);
-                    self.drain(device);
-                }
-                ControlRequest::Acknowledged { device, messages } => {
-                    self.stored
-                        .retain(|e| !(e.recipient == device && messages.contains(&e.message)));
-                    if let Some(window) = self.draining.get_mut(&device) {
-                        window.retain(|m| !messages.contains(m));
+                let ring = &mut self.shard_rings[s][usize::from(to.0)];
+                match message {
+                    ShardMessage::Envelope(envelope) if ring.credits == 0 => {
+                        self.shards[s].handle_refused(envelope);
                     }
-                    self.drain(device);
+                    message => {
+                        if matches!(message, ShardMessage::Envelope(_)) {
+                            ring.credits -= 1;
+                        }
+                        ring.queue.push_back(message);
+                    }
                 }
-                ControlRequest::SessionClosed { device } => {
-                    self.draining.remove(&device);
+            }
+            ShardEvent::ToControl(request) => {
+                let ring = &mut self.to_control[s];
+                match request {
+                    ControlRequest::Store(envelope) if ring.credits == 0 => {
+                        self.shards[s].handle_refused(envelope);
+                    }
+                    request => {
+                        if matches!(request, ControlRequest::Store(_)) {
+                            ring.credits -= 1;
+                        }
+                        ring.queue.push_back(request);
+                    }
                 }
-            },
+            }
         }
+    }
+
+    /// The stand-in control: stores in memory, drains paced, reports `Drained`.
+    pub fn control(&mut self, s: usize, request: ControlRequest) {
+        match request {
+            ControlRequest::Store(envelope) => {
+                let origin = envelope.origin;
+                let message = envelope.message;
+                let recipient = envelope.recipient;
+                self.stored.push(*envelope);
+                self.devices.entry(recipient).or_default().stores += 1;
+                self.control_to_shard(origin.shard.0, ControlEvent::Stored { origin, message });
+                self.drain(recipient);
+            }
+            ControlRequest::SessionOpened { device, session } => {
+                let home = usize::from(home_shard(device, SHARDS, KEY).0);
+                assert_eq!(home, s, "sessions open on their home shard");
+                let entry = self.devices.entry(device).or_default();
+                entry.session = Some(session);
+                entry.stores = 0;
+                entry.draining.clear();
+                self.drain(device);
+            }
+            ControlRequest::Acknowledged { device, messages } => {
+                self.stored
+                    .retain(|e| !(e.recipient == device && messages.contains(&e.message)));
+                if let Some(entry) = self.devices.get_mut(&device) {
+                    entry.draining.retain(|m| !messages.contains(m));
+                }
+                self.drain(device);
+            }
+            ControlRequest::SessionClosed { device } => {
+                let entry = self.devices.entry(device).or_default();
+                entry.session = None;
+                entry.draining.clear();
+            }
+        }
+    }
+
+    fn control_to_shard(&mut self, shard: u16, event: ControlEvent) {
+        self.from_control[usize::from(shard)].queue.push_back(event);
     }
 
     /// Control's paced drain: keeps up to `DRAIN_WINDOW` stored envelopes sent to the device's
     /// session and not yet acknowledged.
     pub fn drain(&mut self, device: DeviceId) {
-        let s = usize::from(home_shard(device, SHARDS, KEY).0);
-        if !self.shards[s].is_online(device) {
+        let home = home_shard(device, SHARDS, KEY).0;
+        let entry = self.devices.entry(device).or_default();
+        let Some(session) = entry.session else {
             return;
-        }
-        let window = self.draining.entry(device).or_default();
-        let next: Vec<Envelope> = self
+        };
+        let window = &mut entry.draining;
+        let mut pending = self
             .stored
             .iter()
-            .filter(|e| e.recipient == device && !window.contains(&e.message))
+            .filter(|e| e.recipient == device)
+            .peekable();
+        if pending.peek().is_none() {
+            let stores = entry.stores;
+            self.control_to_shard(
+                home,
+                ControlEvent::Drained {
+                    device,
+                    session,
+                    stores,
+                },
+            );
+            return;
+        }
+        let next: Vec<Envelope> = pending
+            .filter(|e| !window.contains(&e.message))
             .take(DRAIN_WINDOW.saturating_sub(window.len()))
             .cloned()
             .collect();
+        window.extend(next.iter().map(|e| e.message));
         for envelope in next {
-            window.insert(envelope.message);
-            self.shards[s].handle_control(self.now, ControlEvent::Deliver(Box::new(envelope)));
+            self.control_to_shard(
+                home,
+                ControlEvent::Deliver {
+                    envelope: Box::new(envelope),
+                    session,
+                },
+            );
         }
     }
 
     /// Control's retry timer: resend each online device's drain window.
     pub fn retry_stored(&mut self) {
-        self.draining.clear();
-        let devices: BTreeSet<DeviceId> = self.stored.iter().map(|e| e.recipient).collect();
+        let devices: Vec<DeviceId> = self.devices.keys().copied().collect();
         for device in devices {
+            if let Some(entry) = self.devices.get_mut(&device) {
+                entry.draining.clear();
+            }
             self.drain(device);
         }
         self.pump();
