@@ -19,6 +19,7 @@
 
 mod control;
 mod link;
+mod metrics;
 mod shard;
 
 use core::net::SocketAddr;
@@ -47,6 +48,9 @@ pub struct ServerConfig {
     pub conns_per_source_max: u32,
     /// How long shutdown waits for output to drain.
     pub drain_deadline: Duration,
+    /// Where to serve `GET /metrics` (Prometheus text), if anywhere. It needs no credential:
+    /// bind it to a private address.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl ServerConfig {
@@ -61,6 +65,7 @@ impl ServerConfig {
             outbound_bytes_max: 1 << 20,
             conns_per_source_max: 4096,
             drain_deadline: Duration::from_secs(5),
+            metrics_listen: None,
         }
     }
 }
@@ -115,6 +120,7 @@ impl Clock {
 #[derive(Debug)]
 pub struct Server {
     local_addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
     stop: Arc<AtomicBool>,
     wakers: Vec<Arc<mio::Waker>>,
     threads: Vec<JoinHandle<()>>,
@@ -152,6 +158,12 @@ impl Server {
             polls.push(poll);
         }
         let mut mesh = link::Mesh::new(usize::from(config.shards), &wakers);
+        let metrics = Arc::new(metrics::Metrics::new(usize::from(config.shards)));
+        let metrics_listener = config.metrics_listen.map(metrics::bind).transpose()?;
+        let metrics_addr = metrics_listener
+            .as_ref()
+            .map(std::net::TcpListener::local_addr)
+            .transpose()?;
 
         let mut threads = Vec::new();
         let control_poll = polls.remove(0);
@@ -172,6 +184,7 @@ impl Server {
                 listener,
                 poll,
                 links,
+                Arc::clone(&metrics),
                 Arc::clone(&stop),
             )?;
             threads.push(
@@ -180,8 +193,17 @@ impl Server {
                     .spawn(move || thread.run())?,
             );
         }
+        if let Some(listener) = metrics_listener {
+            let stop = Arc::clone(&stop);
+            threads.push(
+                std::thread::Builder::new()
+                    .name("commucat-metrics".into())
+                    .spawn(move || metrics::serve(listener, metrics, stop))?,
+            );
+        }
         Ok(Self {
             local_addr,
+            metrics_addr,
             stop,
             wakers,
             threads,
@@ -191,6 +213,11 @@ impl Server {
     /// Where the server listens.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Where `GET /metrics` is served, if it is.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
 
     /// Stops accepting, tells clients to reconnect (`GoAway`), drains output within the

@@ -53,6 +53,11 @@ impl<T> Outbox<T> {
         }
     }
 
+    /// Messages held back for lack of credit.
+    pub(crate) fn backlog_len(&self) -> usize {
+        self.backlog.len()
+    }
+
     /// Sends `item` if a credit allows it now (and nothing is held back ahead of it);
     /// otherwise hands it back, for the shard to refuse upstream.
     pub(crate) fn try_send(&mut self, item: T) -> Result<(), T> {

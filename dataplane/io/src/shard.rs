@@ -1,6 +1,7 @@
 //! One shard's thread: its listener, its connections and its links, driving a `Shard`.
 
 use crate::link::{PeerMsg, ShardLinks, WAKER};
+use crate::metrics::{Gauges, Metrics};
 use crate::{Clock, OsRng, ServerConfig};
 use core::net::SocketAddr;
 use dp_core::Instant;
@@ -52,6 +53,7 @@ pub(crate) struct ShardThread {
     tokens: HashMap<Token, ConnId>,
     next_token: usize,
     read_buf: Vec<u8>,
+    metrics: Arc<Metrics>,
     stop: Arc<AtomicBool>,
     drain_deadline: core::time::Duration,
 }
@@ -66,6 +68,7 @@ impl ShardThread {
         mut listener: TcpListener,
         poll: Poll,
         links: ShardLinks,
+        metrics: Arc<Metrics>,
         stop: Arc<AtomicBool>,
     ) -> io::Result<Self> {
         let id = ShardId(u16::try_from(index).unwrap_or(u16::MAX));
@@ -90,6 +93,7 @@ impl ShardThread {
             tokens: HashMap::new(),
             next_token: 1,
             read_buf: vec![0u8; READ_CHUNK],
+            metrics,
             stop,
             drain_deadline: config.drain_deadline,
         })
@@ -103,6 +107,7 @@ impl ShardThread {
                 self.shut_down();
                 return;
             }
+            self.publish_metrics();
             let now = self.clock.now();
             let timeout = self.shard.poll_timeout().saturating_duration_since(now);
             let idle = self
@@ -299,6 +304,26 @@ impl ShardThread {
                 None => drop(stream),
             }
         }
+    }
+
+    /// Publishes this shard's counters (once per loop iteration, before it may sleep).
+    fn publish_metrics(&self) {
+        let outboxes = self.links.to_shards.iter().flatten();
+        let (mut backlog, mut shed) = (0u64, 0u64);
+        for outbox in outboxes {
+            backlog += outbox.backlog_len() as u64;
+            shed += outbox.shed;
+        }
+        backlog += self.links.to_control.backlog_len() as u64;
+        shed += self.links.to_control.shed;
+        let gauges = Gauges {
+            conns: self.shard.conns_len() as u64,
+            sessions: self.shard.sessions_len() as u64,
+            link_backlog: backlog,
+            link_shed: shed,
+        };
+        self.metrics
+            .publish(self.index, &self.shard.stats(), &gauges);
     }
 
     fn route_events(&mut self, now: Instant) {

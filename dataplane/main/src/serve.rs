@@ -15,7 +15,7 @@ use std::time::Duration;
 #[derive(Debug, Args)]
 pub(crate) struct ServeArgs {
     /// A TOML config file (keys: listen, shards, data_dir, key, idle_timeout_secs,
-    /// outbound_bytes_max, conns_per_source_max, drain_deadline_secs).
+    /// outbound_bytes_max, conns_per_source_max, drain_deadline_secs, metrics_listen).
     #[arg(long)]
     config: Option<PathBuf>,
     /// Address to listen on (TCP), e.g. 0.0.0.0:7443; port 0 picks a free port.
@@ -30,6 +30,10 @@ pub(crate) struct ServeArgs {
     /// The server's private key file; default DATA_DIR/server.key, created if missing.
     #[arg(long)]
     key: Option<PathBuf>,
+    /// Serve Prometheus metrics at http://ADDR/metrics, e.g. 127.0.0.1:9464. No credential
+    /// is asked: bind it to a private address. Off unless given.
+    #[arg(long)]
+    metrics_listen: Option<SocketAddr>,
 }
 
 /// The config file.
@@ -44,6 +48,7 @@ struct FileConfig {
     outbound_bytes_max: Option<usize>,
     conns_per_source_max: Option<u32>,
     drain_deadline_secs: Option<u64>,
+    metrics_listen: Option<SocketAddr>,
 }
 
 const LISTEN_DEFAULT: &str = "0.0.0.0:7443";
@@ -96,13 +101,18 @@ pub(crate) fn run(args: ServeArgs) -> Result<()> {
     if let Some(secs) = file.drain_deadline_secs {
         config.drain_deadline = Duration::from_secs(secs);
     }
+    config.metrics_listen = args.metrics_listen.or(file.metrics_listen);
     let shards = config.shards;
-    let server = Server::start(config)
-        .with_context(|| format!("cannot listen on {listen}: is the address free and ours?"))?;
+    let server = Server::start(config).with_context(|| {
+        format!("cannot listen on {listen} (or the metrics address): is it free and ours?")
+    })?;
     println!(
         "CommuCat listening on {} with {shards} shards (epoll backend)",
         server.local_addr()
     );
+    if let Some(addr) = server.metrics_addr() {
+        println!("metrics at http://{addr}/metrics");
+    }
     println!(
         "server public key (give it to clients): {}",
         hex::encode(key.public())
