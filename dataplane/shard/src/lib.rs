@@ -34,6 +34,7 @@
 
 mod conn;
 mod route;
+mod timers;
 
 pub use conn::{ConnId, HandOff};
 pub use route::{Envelope, Origin, home_shard};
@@ -304,6 +305,8 @@ pub struct Shard<R: Rng> {
     wall_clock: (Instant, u64),
     /// Sessions opened so far (the last [`Online::epoch`]).
     epochs: u64,
+    /// Handshake and idle deadlines.
+    timers: timers::Timers,
 }
 
 impl<R: Rng> core::fmt::Debug for Shard<R> {
@@ -334,6 +337,7 @@ impl<R: Rng> Shard<R> {
             sources: BTreeMap::new(),
             wall_clock: (now, 0),
             epochs: 0,
+            timers: timers::Timers::default(),
         }
     }
 
@@ -385,7 +389,9 @@ impl<R: Rng> Shard<R> {
             None
         };
         match id {
-            Some(_) => {
+            Some(id) => {
+                self.timers
+                    .schedule(id, now.saturating_add(dp_core::limits::HANDSHAKE_TIMEOUT));
                 self.stats.conns_accepted += 1;
                 *self.sources.entry(source).or_insert(0) += 1;
             }
@@ -726,6 +732,8 @@ impl<R: Rng> Shard<R> {
         let conn = Conn::from_handoff(now, handoff);
         let peer = conn.peer;
         let id = self.conns.insert(conn)?;
+        self.timers
+            .schedule(id, now.saturating_add(self.config.idle_timeout));
         *self.sources.entry(source_key(peer)).or_insert(0) += 1;
         if let Some(conn) = self.conns.get_mut(id) {
             Self::mark_dirty(&mut self.dirty, conn, id);
@@ -791,25 +799,26 @@ impl<R: Rng> Shard<R> {
     pub fn handle_timeout(&mut self, now: Instant) {
         self.responder.handle_timeout(now, &mut self.rng);
         let idle = self.config.idle_timeout;
-        let expired: Vec<(ConnId, CloseReason)> = self
-            .conns
-            .iter()
-            .filter_map(|(id, conn)| conn.expired(now, idle).map(|reason| (id, reason)))
-            .collect();
-        for (id, reason) in expired {
-            self.close(id, reason);
+        while let Some(ids) = self.timers.pop_due(now) {
+            for &id in &ids {
+                let Some(conn) = self.conns.get_mut(id) else {
+                    continue;
+                };
+                match conn.expired(now, idle) {
+                    Some(reason) => self.close(id, reason),
+                    None => {
+                        let deadline = conn.deadline(idle);
+                        self.timers.schedule(id, deadline);
+                    }
+                }
+            }
+            self.timers.recycle(ids);
         }
     }
 
     /// The next time [`Shard::handle_timeout`] has work.
     pub fn poll_timeout(&self) -> Instant {
-        self.responder.poll_timeout().min(
-            self.conns
-                .iter()
-                .map(|(_, conn)| conn.deadline(self.config.idle_timeout))
-                .min()
-                .unwrap_or(Instant(u64::MAX)),
-        )
+        self.responder.poll_timeout().min(self.timers.next())
     }
 
     fn mark_dirty(dirty: &mut Vec<ConnId>, conn: &mut Conn, id: ConnId) {

@@ -192,6 +192,38 @@ fn idle_connections_time_out() {
     assert!(!w.shards[0].is_online(w.device(a)));
 }
 
+/// Goal: a connection that keeps talking outlives its first deadline (the timer refiles it),
+/// and times out one idle period after it goes quiet; a stalled handshake times out too.
+#[test]
+fn deadlines_move_with_traffic() {
+    let mut w = World::new();
+    let a = w.connect(0, 0, xk());
+    let b = w.connect_without_hello(0);
+    w.shards[0]
+        .handle_connect(w.now, "192.0.2.7:1".parse().unwrap())
+        .unwrap();
+    for nonce in 0..3 {
+        w.now = w.now.saturating_add(Duration::from_secs(60));
+        let now = w.now;
+        w.shards[0].handle_timeout(now);
+        w.pump();
+        w.send(a, &Frame::Ping(Ping { nonce }));
+        assert_eq!(w.clients[a].got.last(), Some(&Got::Pong(nonce)));
+    }
+    assert_eq!(w.clients[a].closed, None, "talking keeps it open");
+    assert_eq!(w.clients[b].closed, Some(CloseReason::Idle));
+    let next = w.shards[0].poll_timeout();
+    assert!(next <= w.now.saturating_add(Duration::from_secs(91)));
+    w.now = w.now.saturating_add(Duration::from_secs(91));
+    let now = w.now;
+    w.shards[0].handle_timeout(now);
+    w.pump();
+    assert_eq!(w.clients[a].closed, Some(CloseReason::Idle));
+    assert_eq!(w.shards[0].conns_len(), 0);
+    // The stalled handshake, b, then a.
+    assert_eq!(w.shards[0].stats().closed_timeout, 3);
+}
+
 #[test]
 fn home_shard_is_stable_keyed_and_spread() {
     let mut counts = [0u32; 4];
