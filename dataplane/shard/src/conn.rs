@@ -14,8 +14,11 @@ pub(crate) const HANDSHAKE_PACKET_LEN_MAX: usize = 2048;
 /// The most envelopes queued to one connection and not yet acknowledged by it; past this the
 /// recipient counts as stuck and is disconnected (its envelopes are stored).
 pub(crate) const INFLIGHT_MAX: usize = 4096;
-/// The most recycled envelope bodies a shard keeps.
-pub(crate) const BODY_POOL_MAX: usize = 4096;
+/// The most spent envelope boxes a shard keeps for reuse.
+pub(crate) const SPARE_ENVELOPES_MAX: usize = 4096;
+/// Bodies with more capacity than this are freed rather than kept (an envelope of up to the
+/// maximum size is rare; keeping 4096 of them would hold 1 GiB).
+pub(crate) const SPARE_BODY_CAPACITY_MAX: usize = 16 * 1024;
 /// The most received bytes a connection may hold unprocessed: one whole record.
 pub(crate) const INBOUND_BYTES_MAX: usize = 2 + u16::MAX as usize + HANDSHAKE_PACKET_LEN_MAX;
 

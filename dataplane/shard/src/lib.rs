@@ -165,6 +165,8 @@ pub enum ShardMessage {
         message: MessageId,
         /// Delivered or stored.
         status: SendStatus,
+        /// The spent copy, returned to the shard that made it for reuse.
+        envelope: Option<Box<Envelope>>,
     },
 }
 
@@ -295,8 +297,11 @@ pub struct Shard<R: Rng> {
     stats: ShardStats,
     /// Reused buffer for handshake replies.
     scratch: Vec<u8>,
-    /// Recycled envelope bodies for in-flight copies, so steady relaying allocates nothing.
-    bodies: Vec<Vec<u8>>,
+    /// Spent envelope boxes (with their bodies' capacity) for the next copies, so steady
+    /// relaying allocates nothing. Boxed on purpose: the boxes themselves travel between
+    /// shards, and reusing them is the point.
+    #[allow(clippy::vec_box)]
+    spare_envelopes: Vec<Box<Envelope>>,
     /// Connections with output queued since the IO layer last asked.
     dirty: Vec<ConnId>,
     /// Live connections per source (see [`ShardConfig::conns_per_source_max`]).
@@ -332,7 +337,7 @@ impl<R: Rng> Shard<R> {
             events: VecDeque::new(),
             stats: ShardStats::default(),
             scratch: vec![0u8; 2048],
-            bodies: Vec::new(),
+            spare_envelopes: Vec::new(),
             dirty: Vec::new(),
             sources: BTreeMap::new(),
             wall_clock: (now, 0),
@@ -750,8 +755,12 @@ impl<R: Rng> Shard<R> {
                 origin,
                 message,
                 status,
+                envelope,
             } => {
-                route::acknowledge(self, origin, message, status);
+                route::acknowledge(self, origin, message, status, None);
+                if let Some(envelope) = envelope {
+                    route::recycle(self, envelope);
+                }
             }
         }
     }
@@ -760,14 +769,14 @@ impl<R: Rng> Shard<R> {
     pub fn handle_control(&mut self, _now: Instant, event: ControlEvent) {
         match event {
             ControlEvent::Stored { origin, message } => {
-                route::acknowledge(self, origin, message, SendStatus::Stored);
+                route::acknowledge(self, origin, message, SendStatus::Stored, None);
             }
             ControlEvent::Deliver { envelope, session } => {
                 if let Some(online) = self.online.get(&envelope.recipient)
                     && online.epoch == session
                 {
                     // Already stored: if this fails the envelope simply stays in storage.
-                    route::deliver_local(self, online.conn, &envelope.as_ref_stored(true));
+                    let _ = route::deliver_boxed(self, online.conn, envelope, true);
                 }
             }
             ControlEvent::Drained {
@@ -790,9 +799,7 @@ impl<R: Rng> Shard<R> {
     /// sender hears `SendAck(Retry)` and sends it again later.
     pub fn handle_refused(&mut self, envelope: Box<Envelope>) {
         route::refuse(self, &envelope);
-        if self.bodies.len() < conn::BODY_POOL_MAX {
-            self.bodies.push(envelope.body);
-        }
+        route::recycle(self, envelope);
     }
 
     /// Expires idle connections and handshakes, rotates the responder's secrets.

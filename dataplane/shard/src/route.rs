@@ -51,21 +51,39 @@ pub(crate) struct EnvelopeRef<'a> {
     pub(crate) sent_at_ms: u64,
     pub(crate) body: &'a [u8],
     pub(crate) origin: Origin,
-    /// Control holds a durable copy (a drain of stored envelopes).
-    pub(crate) stored: bool,
 }
 
 impl EnvelopeRef<'_> {
-    fn to_owned(&self) -> Envelope {
-        Envelope {
-            message: self.message,
-            sender: self.sender,
-            recipient: self.recipient,
-            sent_at_ms: self.sent_at_ms,
-            body: self.body.to_vec(),
-            origin: self.origin,
-            counted: 0,
-        }
+    /// A boxed copy, in a recycled box when the shard has one (steady relaying allocates
+    /// nothing).
+    fn to_boxed<R: Rng>(&self, shard: &mut Shard<R>) -> Box<Envelope> {
+        let mut boxed = shard.spare_envelopes.pop().unwrap_or_else(|| {
+            Box::new(Envelope::from_storage(
+                self.message,
+                self.sender,
+                self.recipient,
+                0,
+                Vec::new(),
+            ))
+        });
+        boxed.message = self.message;
+        boxed.sender = self.sender;
+        boxed.recipient = self.recipient;
+        boxed.sent_at_ms = self.sent_at_ms;
+        boxed.body.clear();
+        boxed.body.extend_from_slice(self.body);
+        boxed.origin = self.origin;
+        boxed.counted = 0;
+        boxed
+    }
+}
+
+/// Keeps `envelope`'s box (and its body's capacity) for reuse, within bounds.
+pub(crate) fn recycle<R: Rng>(shard: &mut Shard<R>, envelope: Box<Envelope>) {
+    if shard.spare_envelopes.len() < crate::conn::SPARE_ENVELOPES_MAX
+        && envelope.body.capacity() <= crate::conn::SPARE_BODY_CAPACITY_MAX
+    {
+        shard.spare_envelopes.push(envelope);
     }
 }
 
@@ -94,7 +112,7 @@ impl Envelope {
         }
     }
 
-    pub(crate) fn as_ref_stored(&self, stored: bool) -> EnvelopeRef<'_> {
+    pub(crate) fn borrowed(&self) -> EnvelopeRef<'_> {
         EnvelopeRef {
             message: self.message,
             sender: self.sender,
@@ -102,14 +120,13 @@ impl Envelope {
             sent_at_ms: self.sent_at_ms,
             body: &self.body,
             origin: self.origin,
-            stored,
         }
     }
 }
 
 /// An envelope queued to a recipient and not yet acknowledged by it.
 pub(crate) struct InFlight {
-    pub(crate) envelope: Envelope,
+    pub(crate) envelope: Box<Envelope>,
     pub(crate) stored: bool,
 }
 
@@ -213,23 +230,26 @@ fn handle_send<R: Rng>(
             shard: shard.config.shard,
             conn: id,
         },
-        stored: false,
     };
     if home == shard.config.shard {
         // The fast path: encode the Deliver straight from the borrowed Send; the sender is
         // acknowledged when the recipient acknowledges (or, if it goes away first, when the
         // envelope is stored).
         if let Some(target) = live_target(shard, recipient)
-            && deliver_local(shard, target, &envelope)
+            && queue_deliver(shard, target, &envelope)
         {
+            let copy = envelope.to_boxed(shard);
+            keep_inflight(shard, target, copy, false);
             return;
         }
-        store(shard, Box::new(envelope.to_owned()));
+        let copy = envelope.to_boxed(shard);
+        store(shard, copy);
     } else {
         shard.stats.routed_remote += 1;
+        let copy = envelope.to_boxed(shard);
         shard.events.push_back(ShardEvent::ToShard {
             to: home,
-            message: ShardMessage::Envelope(Box::new(envelope.to_owned())),
+            message: ShardMessage::Envelope(copy),
         });
     }
 }
@@ -258,23 +278,62 @@ fn store<R: Rng>(shard: &mut Shard<R>, mut envelope: Box<Envelope>) {
 
 /// An envelope from another shard for a device homed here.
 pub(crate) fn deliver_or_store<R: Rng>(shard: &mut Shard<R>, envelope: Box<Envelope>) {
-    if let Some(target) = live_target(shard, envelope.recipient)
-        && deliver_local(shard, target, &envelope.as_ref_stored(false))
-    {
-        return;
+    match live_target(shard, envelope.recipient) {
+        Some(target) => {
+            if let Err(envelope) = deliver_boxed(shard, target, envelope, false) {
+                store(shard, envelope);
+            }
+        }
+        None => store(shard, envelope),
     }
-    store(shard, envelope);
 }
 
-/// Queues `envelope` to the local connection `target` and keeps a copy until the recipient
-/// acknowledges it. False if the recipient cannot take it: for live traffic the recipient is
-/// disconnected as too slow (what it had in flight is stored) and the caller stores this
-/// envelope too; an envelope drained from storage just stays stored.
-pub(crate) fn deliver_local<R: Rng>(
+/// Delivers an envelope the shard already owns (from another shard, or from storage) to the
+/// local connection `target`, keeping the box itself as the in-flight copy; hands it back if
+/// the recipient cannot take it (see [`queue_deliver`]).
+pub(crate) fn deliver_boxed<R: Rng>(
     shard: &mut Shard<R>,
     target: ConnId,
-    envelope: &EnvelopeRef<'_>,
-) -> bool {
+    envelope: Box<Envelope>,
+    stored: bool,
+) -> Result<(), Box<Envelope>> {
+    if stored && is_inflight(shard, target, envelope.message) {
+        // Control's retry of its drain window: this one is already on its way.
+        recycle(shard, envelope);
+        return Ok(());
+    }
+    if !queue_deliver(shard, target, &envelope.borrowed()) {
+        return Err(envelope);
+    }
+    keep_inflight(shard, target, envelope, stored);
+    Ok(())
+}
+
+fn is_inflight<R: Rng>(shard: &mut Shard<R>, target: ConnId, message: MessageId) -> bool {
+    shard
+        .conns
+        .get_mut(target)
+        .is_some_and(|conn| conn.inflight.iter().any(|f| f.envelope.message == message))
+}
+
+fn keep_inflight<R: Rng>(
+    shard: &mut Shard<R>,
+    target: ConnId,
+    envelope: Box<Envelope>,
+    stored: bool,
+) {
+    shard.stats.delivered_local += 1;
+    match shard.conns.get_mut(target) {
+        Some(conn) => conn.inflight.push_back(InFlight { envelope, stored }),
+        None => recycle(shard, envelope),
+    }
+}
+
+/// Queues a `Deliver` of `envelope` to the local connection `target`; the caller keeps the
+/// in-flight copy until the recipient acknowledges it. False if the recipient cannot take it:
+/// it is then disconnected as too slow (what it had in flight is stored), so nothing later
+/// overtakes this envelope, and the caller stores it (a live one) or leaves it stored.
+fn queue_deliver<R: Rng>(shard: &mut Shard<R>, target: ConnId, envelope: &EnvelopeRef<'_>) -> bool {
     let deliver = Frame::Deliver(Deliver {
         message: envelope.message,
         sender: envelope.sender,
@@ -286,46 +345,12 @@ pub(crate) fn deliver_local<R: Rng>(
     let Some(conn) = shard.conns.get_mut(target) else {
         return false;
     };
-    if envelope.stored
-        && conn
-            .inflight
-            .iter()
-            .any(|f| f.envelope.message == envelope.message)
-    {
-        // Control's retry of its drain window: this one is already on its way.
-        return true;
-    }
-    // A recipient that cannot take the next envelope, live or stored, is stuck: it is
-    // disconnected (what it had in flight is stored), so nothing later overtakes this one.
-    let inflight_full = conn.inflight.len() >= crate::conn::INFLIGHT_MAX;
-    if inflight_full {
+    if conn.inflight.len() >= crate::conn::INFLIGHT_MAX {
         shard.stats.slow_consumers += 1;
         shard.close(target, CloseReason::SlowConsumer);
         return false;
     }
-    if !shard.send_frame(target, &deliver) {
-        return false;
-    }
-    shard.stats.delivered_local += 1;
-    let mut body = shard.bodies.pop().unwrap_or_default();
-    body.clear();
-    body.extend_from_slice(envelope.body);
-    let copy = InFlight {
-        envelope: Envelope {
-            message: envelope.message,
-            sender: envelope.sender,
-            recipient: envelope.recipient,
-            sent_at_ms: envelope.sent_at_ms,
-            body,
-            origin: envelope.origin,
-            counted: 0,
-        },
-        stored: envelope.stored,
-    };
-    if let Some(conn) = shard.conns.get_mut(target) {
-        conn.inflight.push_back(copy);
-    }
-    true
+    shard.send_frame(target, &deliver)
 }
 
 /// The recipient acknowledged these envelopes: tell each sender "delivered" (on this shard or
@@ -353,16 +378,16 @@ fn handle_delivery_ack<R: Rng>(
         };
         if inflight.stored {
             stored.push(message);
+            recycle(shard, inflight.envelope);
         } else {
+            let origin = inflight.envelope.origin;
             acknowledge(
                 shard,
-                inflight.envelope.origin,
+                origin,
                 message,
                 SendStatus::Delivered,
+                Some(inflight.envelope),
             );
-        }
-        if shard.bodies.len() < crate::conn::BODY_POOL_MAX {
-            shard.bodies.push(inflight.envelope.body);
         }
     }
     if !stored.is_empty() {
@@ -382,8 +407,10 @@ pub(crate) fn store_inflight<R: Rng>(
     inflight: impl Iterator<Item = InFlight>,
 ) {
     for inflight in inflight {
-        if !inflight.stored {
-            store(shard, Box::new(inflight.envelope));
+        if inflight.stored {
+            recycle(shard, inflight.envelope);
+        } else {
+            store(shard, inflight.envelope);
         }
     }
 }
@@ -400,19 +427,30 @@ pub(crate) fn refuse<R: Rng>(shard: &mut Shard<R>, envelope: &Envelope) {
         // clears it.
         online.stores -= 1;
     }
-    acknowledge(shard, envelope.origin, envelope.message, SendStatus::Retry);
+    acknowledge(
+        shard,
+        envelope.origin,
+        envelope.message,
+        SendStatus::Retry,
+        None,
+    );
 }
 
 /// Tells the sender that its envelope was delivered or stored: directly if it is connected to
-/// this shard, else through its origin shard.
+/// this shard, else through its origin shard. `envelope`, the spent copy if there is one, goes
+/// back to the shard that made it, for reuse.
 pub(crate) fn acknowledge<R: Rng>(
     shard: &mut Shard<R>,
     origin: Origin,
     message: MessageId,
     status: SendStatus,
+    envelope: Option<Box<Envelope>>,
 ) {
     if origin.shard == shard.config.shard {
         ack(shard, origin.conn, message, status);
+        if let Some(envelope) = envelope {
+            recycle(shard, envelope);
+        }
     } else {
         shard.events.push_back(ShardEvent::ToShard {
             to: origin.shard,
@@ -420,6 +458,7 @@ pub(crate) fn acknowledge<R: Rng>(
                 origin,
                 message,
                 status,
+                envelope,
             },
         });
     }

@@ -2,7 +2,8 @@
 //! Method: a counting global allocator, armed only around the shard's own calls — taking the
 //! sender's record in, sealing the Deliver for the recipient (and keeping its copy until
 //! acknowledged), taking the recipient's DeliveryAck in, and sealing the SendAck for the
-//! sender — while two devices on one shard exchange 1 KiB messages after a warm-up.
+//! sender — while two devices exchange 1 KiB messages after a warm-up, on one shard and across
+//! two (where the envelope crosses in a recycled box and the box comes back with the outcome).
 #![allow(unsafe_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -11,6 +12,7 @@ use common::*;
 use dp_core::MessageId;
 use dp_noise::StreamSession;
 use dp_proto::{DeliveryAck, Frame, MessageIds, Recipient, SendFrame};
+use dp_shard::ShardEvent;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
@@ -135,4 +137,53 @@ fn relaying_allocates_nothing_at_steady_state() {
     let allocations = relay(&mut w, a, b, &steady);
     assert_eq!(allocations, 0, "allocations while relaying 2 000 messages");
     assert_eq!(w.shards[0].stats().delivered_local, 2_064);
+}
+
+/// Like `relay`, for a sender on shard 0 and a recipient on shard 1: the envelope and its
+/// outcome cross between the shards as the IO layer would carry them.
+fn relay_across(w: &mut World, from: usize, to: usize, records: &[(Vec<u8>, Vec<u8>)]) -> u64 {
+    let (a, b) = (w.clients[from].conn, w.clients[to].conn);
+    assert_eq!((w.clients[from].shard, w.clients[to].shard), (0, 1));
+    let now = w.now;
+    let (left, right) = w.shards.split_at_mut(1);
+    let (s0, s1) = (&mut left[0], &mut right[0]);
+    COUNT.with(|count| count.set(0));
+    for (send, ack) in records {
+        ARMED.with(|armed| armed.set(true));
+        s0.handle_received(now, a, send);
+        let Some(ShardEvent::ToShard { message, .. }) = s0.poll_event() else {
+            panic!("the envelope goes to the recipient's shard")
+        };
+        s1.handle_shard_message(now, message);
+        let deliver = s1.poll_transmit(now, b).len();
+        s1.handle_written(b, deliver);
+        s1.handle_received(now, b, ack);
+        let Some(ShardEvent::ToShard { message, .. }) = s1.poll_event() else {
+            panic!("the outcome goes back to the sender's shard")
+        };
+        s0.handle_shard_message(now, message);
+        let send_ack = s0.poll_transmit(now, a).len();
+        s0.handle_written(a, send_ack);
+        ARMED.with(|armed| armed.set(false));
+        assert!(
+            deliver > 1024 && send_ack > 0,
+            "a Deliver and a SendAck went out"
+        );
+        assert!(s0.poll_event().is_none() && s1.poll_event().is_none());
+    }
+    COUNT.with(Cell::get)
+}
+
+#[test]
+fn relaying_across_shards_allocates_nothing_at_steady_state() {
+    let mut w = World::new();
+    let a = w.connect(0, 0, xk());
+    let b = w.connect(1, 1, xk());
+    let warm_up = records(&mut w, a, b, 0, 64);
+    relay_across(&mut w, a, b, &warm_up);
+    let steady = records(&mut w, a, b, 64, 2_000);
+    let allocations = relay_across(&mut w, a, b, &steady);
+    assert_eq!(allocations, 0, "allocations while relaying 2 000 messages");
+    assert_eq!(w.shards[0].stats().routed_remote, 2_064);
+    assert_eq!(w.shards[1].stats().delivered_local, 2_064);
 }
