@@ -233,6 +233,12 @@ pub enum ControlEvent {
         /// `Store`s for the device that control took since that `SessionOpened`.
         stores: u64,
     },
+    /// The device was revoked: end its live session on this shard, its home, with
+    /// `Error(DEVICE_REVOKED)`. What it had in flight is stored.
+    Revoke {
+        /// The device.
+        device: DeviceId,
+    },
 }
 
 /// Counters a shard publishes.
@@ -777,6 +783,13 @@ impl<R: Rng> Shard<R> {
                 {
                     // Already stored: if this fails the envelope simply stays in storage.
                     let _ = route::deliver_boxed(self, online.conn, envelope, true);
+                }
+            }
+            ControlEvent::Revoke { device } => {
+                if let Some(online) = self.online.get(&device) {
+                    let conn = online.conn;
+                    self.send_error(conn, ErrorCode::DEVICE_REVOKED, 0);
+                    self.close(conn, CloseReason::Protocol(ErrorCode::DEVICE_REVOKED));
                 }
             }
             ControlEvent::Drained {

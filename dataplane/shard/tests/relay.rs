@@ -383,3 +383,31 @@ fn new_envelopes_wait_behind_the_stored_backlog() {
         Some(&Got::SendAck(third, SendStatus::Delivered))
     );
 }
+
+/// Goal: control's revocation ends the device's live session at once, with a typed error, and
+/// what it had in flight is kept (stored) for its senders.
+#[test]
+fn revoked_device_is_disconnected_with_a_typed_error() {
+    let mut w = World::new();
+    let a = w.connect(0, 0, xk());
+    let b = w.connect(1, 1, xk());
+    w.clients[b].auto_ack = false;
+    let m = w.send_envelope(a, b, 1, b"unacknowledged");
+    let device = w.device(b);
+    w.shards[1].handle_control(w.now, dp_shard::ControlEvent::Revoke { device });
+    w.pump();
+    assert_eq!(
+        w.clients[b].closed,
+        Some(CloseReason::Protocol(ErrorCode::DEVICE_REVOKED))
+    );
+    assert!(
+        w.clients[b]
+            .got
+            .contains(&Got::Error(ErrorCode::DEVICE_REVOKED))
+    );
+    assert!(!w.shards[1].is_online(device));
+    assert_eq!(
+        w.clients[a].got.last(),
+        Some(&Got::SendAck(m, SendStatus::Stored))
+    );
+}
