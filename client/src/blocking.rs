@@ -285,7 +285,10 @@ impl<R: Rng> Client<R> {
             if self.conn.state() == crate::State::Closed {
                 return Ok(None);
             }
-            let wake = self.conn.poll_timeout().map_or(deadline, |t| t.min(deadline));
+            let wake = self
+                .conn
+                .poll_timeout()
+                .map_or(deadline, |t| t.min(deadline));
             let wait = wake.saturating_duration_since(now);
             if wait.is_zero() {
                 if now >= deadline {

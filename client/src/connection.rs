@@ -436,8 +436,7 @@ impl<R: Rng> Connection<R> {
         self.inbound.extend_from_slice(bytes);
         let result = self.process_inbound(now);
         self.flush_acks();
-        if result.is_ok() && self.state != State::Closed && self.inbound.len() > INBOUND_BYTES_MAX
-        {
+        if result.is_ok() && self.state != State::Closed && self.inbound.len() > INBOUND_BYTES_MAX {
             self.set_closed(CloseReason::Crypto);
             return Err(ClientError::InboundTooLarge);
         }

@@ -64,7 +64,10 @@ pub fn load(path: &Path) -> io::Result<StaticKeypair> {
     let invalid = || {
         io::Error::new(
             io::ErrorKind::InvalidData,
-            format!("{} is not a key file: expected 64 hex digits", path.display()),
+            format!(
+                "{} is not a key file: expected 64 hex digits",
+                path.display()
+            ),
         )
     };
     let bytes = hex::decode(text.trim()).map_err(|_| invalid())?;
@@ -78,10 +81,8 @@ mod tests {
     use dp_core::SeededRng;
 
     fn temp_dir(name: &str) -> std::path::PathBuf {
-        let dir = std::env::temp_dir().join(format!(
-            "commucat-client-{name}-{}",
-            std::process::id()
-        ));
+        let dir =
+            std::env::temp_dir().join(format!("commucat-client-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         dir
@@ -110,11 +111,8 @@ mod tests {
         let error = load(&path).unwrap_err();
         assert_eq!(error.kind(), io::ErrorKind::PermissionDenied);
         std::fs::write(dir.join("bad.key"), "not hex\n").unwrap();
-        std::fs::set_permissions(
-            dir.join("bad.key"),
-            std::fs::Permissions::from_mode(0o600),
-        )
-        .unwrap();
+        std::fs::set_permissions(dir.join("bad.key"), std::fs::Permissions::from_mode(0o600))
+            .unwrap();
         assert_eq!(
             load(&dir.join("bad.key")).unwrap_err().kind(),
             io::ErrorKind::InvalidData

@@ -153,7 +153,12 @@ fn garbage_from_the_server_closes_the_connection_without_panicking() {
         assert_eq!(conn.state(), State::Closed);
         assert!(matches!(conn.poll_event(), Some(Event::Closed(_))));
         assert_eq!(
-            conn.send(NOW, MessageId([1; 16]), Recipient::Device(DeviceId([2; 16])), b"x"),
+            conn.send(
+                NOW,
+                MessageId([1; 16]),
+                Recipient::Device(DeviceId([2; 16])),
+                b"x"
+            ),
             Err(ClientError::Closed)
         );
     }
