@@ -184,7 +184,15 @@ fn drive(
                 continue;
             }
             arrived.clear();
-            lane.on_readable(plan.clock, which, &mut arrived)?;
+            lane.on_readable(plan.clock, which, &mut arrived)
+                .map_err(|e| {
+                    let side = if which == 0 { "sender" } else { "receiver" };
+                    std::io::Error::other(format!(
+                        "lane {} {side}: {e} (a server that closes a receiver is usually \
+                         cutting off a slow consumer: the load is past what it can take)",
+                        first_lane + index
+                    ))
+                })?;
             let at = plan.clock.now().0;
             for &stamp in &arrived {
                 states[index].in_flight = states[index].in_flight.saturating_sub(1);
