@@ -103,8 +103,8 @@ impl Report {
             .with_context(|| format!("{} is not a bench report", path.display()))
     }
 
-    /// The Markdown table: one row per result, with the ratio of each to the first result
-    /// of the same mode.
+    /// The Markdown table: one row per result, with the ratios of each to the first result
+    /// of the same mode (put the target to compare against first).
     pub fn markdown(&self) -> String {
         let mut out = String::new();
         let _ = writeln!(
@@ -114,14 +114,30 @@ impl Report {
         );
         let _ = writeln!(
             out,
-            "| target | mode | rate asked | received msg/s | p50 µs | p90 µs | p99 µs | p99.9 µs | max µs | server CPU µs/msg | lost |"
+            "| target | mode | rate asked | received msg/s | p50 µs | p90 µs | p99 µs | p99.9 µs | max µs | server CPU µs/msg | lost | msg/s ÷ first | p99 ÷ first | CPU/msg ÷ first |"
         );
-        let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|---|");
+        let _ = writeln!(
+            out,
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+        );
+        let ratio = |x: f64, y: f64| {
+            if y > 0.0 {
+                format!("{:.2}", x / y)
+            } else {
+                "–".into()
+            }
+        };
         for r in &self.results {
+            // Ratios against the first result of the same mode (the baseline of the run).
+            let first = self.results.iter().find(|f| f.mode == r.mode).unwrap_or(r);
+            let cpu_ratio = match (r.server_cpu_us_per_msg, first.server_cpu_us_per_msg) {
+                (Some(x), Some(y)) => ratio(x, y),
+                _ => "–".into(),
+            };
             let l = r.latency_us;
             let _ = writeln!(
                 out,
-                "| {} | {} | {} | {:.0} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {} | {} |",
+                "| {} | {} | {} | {:.0} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {} | {} | {} | {} | {} |",
                 r.target,
                 r.mode,
                 r.rate_target
@@ -134,7 +150,10 @@ impl Report {
                 l.max,
                 r.server_cpu_us_per_msg
                     .map_or_else(|| "–".into(), |c| format!("{c:.2}")),
-                r.lost
+                r.lost,
+                ratio(r.received_per_s, first.received_per_s),
+                ratio(l.p99, first.latency_us.p99),
+                cpu_ratio
             );
         }
         out
