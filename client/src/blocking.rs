@@ -326,6 +326,19 @@ impl<R: Rng> Client<R> {
         let _ = self.stream.shutdown(std::net::Shutdown::Both);
     }
 
+    /// A client over a socket and connection that a caller drove itself (the inverse of
+    /// [`Client::into_parts`]).
+    pub fn from_parts(stream: TcpStream, conn: Connection<R>, clock: Clock) -> Self {
+        Self {
+            stream,
+            conn,
+            clock,
+            events: VecDeque::new(),
+            welcome: None,
+            read_buf: vec![0u8; READ_CHUNK],
+        }
+    }
+
     /// The socket, the connection and the clock, for a caller that drives them itself (for
     /// example on a non-blocking event loop). Events not yet returned are dropped.
     pub fn into_parts(self) -> (TcpStream, Connection<R>, Clock) {

@@ -23,6 +23,15 @@ pub const OUTBOUND_BYTES_MAX: usize = 8 << 20;
 pub const INBOUND_BYTES_MAX: usize = 2 + u16::MAX as usize + HANDSHAKE_PACKET_LEN_MAX;
 /// The largest handshake packet on a stream (a hybrid Response is about 1.3 KB).
 pub const HANDSHAKE_PACKET_LEN_MAX: usize = 2048;
+/// The default largest plaintext per record this client seals.
+///
+/// PROTOCOL.md allows up to [`RECORD_PLAINTEXT_LEN_MAX`] (65 519 bytes), but today's server
+/// (`dp-shard` as of this commit) refuses a read that would leave more than one record plus
+/// 2 KiB unprocessed, *before* it processes the read: with its 64 KiB reads, a partial record
+/// of more than 2 049 bytes left from the previous read gets the connection closed. Records of
+/// at most 2 032 plaintext bytes (2 050 on the wire) never leave such a partial record. Raise it
+/// with [`ConnectionConfig::record_len_max`] once the server checks its bound after processing.
+pub const RECORD_LEN_MAX_DEFAULT: usize = 2_032;
 /// The default window of delivered message ids remembered for deduplication.
 pub const DEDUP_WINDOW_DEFAULT: usize = 65_536;
 
@@ -50,11 +59,15 @@ pub struct ConnectionConfig {
     /// Send a `Ping` after this long without one, to keep the server's idle timer from
     /// firing; `None`: never.
     pub keepalive: Option<Duration>,
+    /// The largest plaintext per sealed record, clamped to `1..=RECORD_PLAINTEXT_LEN_MAX`
+    /// (see [`RECORD_LEN_MAX_DEFAULT`]).
+    pub record_len_max: usize,
 }
 
 impl ConnectionConfig {
     /// Defaults: XK, ChaChaPoly, classic; no capabilities; a dedup window of
-    /// [`DEDUP_WINDOW_DEFAULT`]; a keepalive every 30 s.
+    /// [`DEDUP_WINDOW_DEFAULT`]; a keepalive every 30 s; records of at most
+    /// [`RECORD_LEN_MAX_DEFAULT`] plaintext bytes.
     pub fn new(key: StaticKeypair, server: [u8; 32]) -> Self {
         Self {
             suite: Suite::new(dp_noise::Pattern::Xk, dp_noise::Cipher::ChaChaPoly, false),
@@ -64,6 +77,7 @@ impl ConnectionConfig {
             capabilities: Capabilities::EMPTY,
             dedup_window: DEDUP_WINDOW_DEFAULT,
             keepalive: Some(Duration::from_secs(30)),
+            record_len_max: RECORD_LEN_MAX_DEFAULT,
         }
     }
 }
@@ -247,6 +261,7 @@ pub struct Connection<R: Rng> {
     acks: Vec<MessageId>,
     scratch: Vec<u8>,
     keepalive: Option<Duration>,
+    record_len_max: usize,
     next_ping: Instant,
     ping_nonce: u64,
     now_last: Instant,
@@ -300,6 +315,7 @@ impl<R: Rng> Connection<R> {
             acks: Vec::new(),
             scratch,
             keepalive: config.keepalive,
+            record_len_max: config.record_len_max.clamp(1, RECORD_PLAINTEXT_LEN_MAX),
             next_ping: Instant(u64::MAX),
             ping_nonce: 0,
             now_last: now,
@@ -639,13 +655,13 @@ impl<R: Rng> Connection<R> {
 
     /// Bytes to write to the socket, in order. After writing some, call
     /// [`Connection::handle_written`]. Frames queued since the last call are sealed here, in
-    /// records of at most [`RECORD_PLAINTEXT_LEN_MAX`] bytes.
+    /// records of at most `record_len_max` plaintext bytes.
     pub fn poll_transmit(&mut self, now: Instant) -> Result<&[u8], ClientError> {
         self.advance(now);
         if let Some(session) = self.session.as_mut()
             && !self.plain.is_empty()
         {
-            for chunk in self.plain.chunks(RECORD_PLAINTEXT_LEN_MAX) {
+            for chunk in self.plain.chunks(self.record_len_max) {
                 let at = self.outbound.len();
                 self.outbound
                     .resize(at + StreamSession::sealed_len_max(chunk.len()), 0);

@@ -187,3 +187,48 @@ fn shutdown_sends_goaway_and_closes() {
             .is_err()
     );
 }
+
+/// Bursts of 64 one-KiB messages per write, in records of at most `record_len_max` bytes.
+fn bursts(record_len_max: usize) {
+    let (server, public, mut rng) = server(1);
+    let a_key = StaticKeypair::generate(&mut rng);
+    let b_key = StaticKeypair::generate(&mut rng);
+    let mut b = connect(&server, public, &b_key, Suite::ALL[0]);
+    let mut config = ConnectionConfig::new(a_key, public);
+    config.record_len_max = record_len_max;
+    let a = Client::connect(server.local_addr(), config, SeededRng::new(5)).unwrap();
+    let (mut stream, mut conn, clock) = a.into_parts();
+    let body = vec![7u8; 1024];
+    for _ in 0..20 {
+        for _ in 0..64 {
+            let id = conn.new_message_id();
+            conn.send(clock.now(), id, Recipient::Device(b.device()), &body)
+                .unwrap();
+        }
+        let out = conn.poll_transmit(clock.now()).unwrap().to_vec();
+        std::io::Write::write_all(&mut stream, &out).unwrap();
+        conn.handle_written(out.len());
+        let mut delivered = 0;
+        while delivered < 64 {
+            if let Event::Delivered(_) = next(&mut b) {
+                delivered += 1;
+            }
+        }
+    }
+    server.shutdown();
+}
+
+#[test]
+fn bursts_in_default_records_are_relayed() {
+    bursts(commucat_client::RECORD_LEN_MAX_DEFAULT);
+}
+
+/// Records of the largest size PROTOCOL.md allows, in bursts: today's server closes such a
+/// connection when a 64 KiB read lands on a partial record of more than 2 KiB (it checks its
+/// inbound bound before processing the read). Ignored until dp-shard checks the bound after
+/// processing; run with `--ignored` to see it.
+#[test]
+#[ignore = "dp-shard refuses a read on top of a partial full-size record (server fix pending)"]
+fn full_size_records_in_bursts_are_accepted() {
+    bursts(dp_core::limits::RECORD_PLAINTEXT_LEN_MAX);
+}
