@@ -245,7 +245,8 @@ pub fn default_commucat_binary() -> PathBuf {
 }
 
 /// Starts or reaches CommuCat. Every session of the run comes from 127.0.0.1, so a started
-/// server gets a per-source connection cap above the process's file limit.
+/// server gets a per-source connection cap above the process's file limit, and an output
+/// bound per connection of 64 MiB (NATS's default).
 pub fn start_commucat(how: &CommuCat) -> Result<Target> {
     match how {
         CommuCat::Spawn { binary, shards } => spawn_commucat(binary, *shards),
@@ -262,6 +263,7 @@ pub fn start_commucat(how: &CommuCat) -> Result<Target> {
             let mut config = dp_io::ServerConfig::new("127.0.0.1:0".parse()?, key.clone());
             config.shards = *shards;
             config.conns_per_source_max = 1 << 20;
+            config.outbound_bytes_max = 64 << 20;
             config.idle_timeout = Duration::from_secs(3600);
             let server = dp_io::Server::start(config)?;
             Ok(Target {
@@ -288,7 +290,11 @@ fn spawn_commucat(binary: &Path, shards: u16) -> Result<Target> {
     let config = dir.join("serve.toml");
     std::fs::write(
         &config,
-        "idle_timeout_secs = 3600\nconns_per_source_max = 1000000\ndrain_deadline_secs = 2\n",
+        // The output bound per recipient matches NATS's default `max_pending` (64 MiB), so a
+        // load thread that the shared machine deschedules for a moment gets the same slack
+        // from both servers before it is cut off as a slow consumer.
+        "idle_timeout_secs = 3600\nconns_per_source_max = 1000000\ndrain_deadline_secs = 2\n\
+         outbound_bytes_max = 67108864\n",
     )?;
     let mut child = Command::new(binary)
         .args([
