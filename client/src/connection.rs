@@ -23,6 +23,9 @@ pub const OUTBOUND_BYTES_MAX: usize = 8 << 20;
 pub const INBOUND_BYTES_MAX: usize = 2 + u16::MAX as usize + HANDSHAKE_PACKET_LEN_MAX;
 /// The largest handshake packet on a stream (a hybrid Response is about 1.3 KB).
 pub const HANDSHAKE_PACKET_LEN_MAX: usize = 2048;
+/// Written bytes at the front of the outbound buffer are dropped once there are at least this
+/// many and they are at least half of it.
+const OUTBOUND_COMPACT_AT: usize = 64 * 1024;
 /// The default largest plaintext per record this client seals.
 ///
 /// PROTOCOL.md allows up to [`RECORD_PLAINTEXT_LEN_MAX`] (65 519 bytes), but today's server
@@ -685,6 +688,14 @@ impl<R: Rng> Connection<R> {
         self.outbound_at = (self.outbound_at + n).min(self.outbound.len());
         if self.outbound_at == self.outbound.len() {
             self.outbound.clear();
+            self.outbound_at = 0;
+        } else if self.outbound_at >= OUTBOUND_COMPACT_AT
+            && self.outbound_at * 2 >= self.outbound.len()
+        {
+            // Under steady backpressure the buffer is never fully written: drop the written
+            // prefix once it is at least half the buffer, so the buffer stays within twice
+            // what is pending (amortised: each byte is moved at most once).
+            self.outbound.drain(..self.outbound_at);
             self.outbound_at = 0;
         }
     }

@@ -57,6 +57,10 @@ impl Pipe {
         if self.out_at == self.out.len() {
             self.out.clear();
             self.out_at = 0;
+        } else if self.out_at >= 64 * 1024 && self.out_at * 2 >= self.out.len() {
+            // Never fully written under backpressure: drop the written half.
+            self.out.drain(..self.out_at);
+            self.out_at = 0;
         }
         Ok(())
     }

@@ -201,3 +201,24 @@ fn sends_past_the_outbound_bound_are_refused() {
     assert!(conn.outbound_len() <= OUTBOUND_BYTES_MAX);
     assert!(accepted >= 30);
 }
+
+#[test]
+fn the_outbound_buffer_stays_bounded_under_partial_writes() {
+    let mut net = Net::new(7);
+    let a = net.connect(Suite::ALL[0], 70);
+    let conn = &mut net.clients[a].1;
+    let to = Recipient::Device(DeviceId([3; 16]));
+    let body = vec![1u8; 1000];
+    let mut largest = 0;
+    for i in 0..5_000u32 {
+        let mut id = [0u8; 16];
+        id[..4].copy_from_slice(&i.to_be_bytes());
+        conn.send(NOW, MessageId(id), to, &body).unwrap();
+        // The socket takes a little less than what is queued each time: never fully drained.
+        let pending = conn.poll_transmit(NOW).unwrap().len();
+        conn.handle_written(pending.saturating_sub(600));
+        largest = largest.max(conn.outbound.len());
+    }
+    assert!(conn.outbound_len() < 2_000, "{}", conn.outbound_len());
+    assert!(largest < 200 * 1024, "the buffer grew to {largest} bytes");
+}
