@@ -134,7 +134,8 @@ pub fn run_load(
         first += count;
     }
     let label = format!("{} {}", kind.name(), pace_name(pace));
-    let (cpu_ns, wall_ns) = watch(&label, target, &plan, &progress);
+    let load_cpu = || sys::cpu_ns(std::process::id(), Some("bench-load"));
+    let (cpu_ns, wall_ns, load_ns) = watch(&label, target, &plan, &progress, &load_cpu);
     let mut histogram = Histogram::<u64>::new_with_bounds(1, engine::LATENCY_NS_MAX, 3)?;
     let (mut sent, mut received) = (0, 0);
     for handle in handles {
@@ -163,7 +164,11 @@ pub fn run_load(
         latency_us: Percentiles::of(&histogram),
         server_cpu_us_per_msg: cpu_ns.map(|ns| ns as f64 / 1000.0 / received.max(1) as f64),
         server_cpu_percent: cpu_ns.map(|ns| 100.0 * ns as f64 / wall_ns.max(1) as f64),
-        extra: serde_json::json!({ "pace": pace_json(pace) }),
+        extra: serde_json::json!({
+            "pace": pace_json(pace),
+            "load_cpu_us_per_msg": load_ns as f64 / 1000.0 / received.max(1) as f64,
+            "load_cpu_percent": 100.0 * load_ns as f64 / wall_ns.max(1) as f64,
+        }),
     })
 }
 
@@ -187,7 +192,13 @@ fn nanos(d: Duration) -> u64 {
 
 /// Prints a progress line every second until the run ends; samples the server's CPU time at
 /// the start and the end of the measured interval. Returns (CPU ns, wall ns) of that interval.
-fn watch(label: &str, target: &Target, plan: &Plan, progress: &Progress) -> (Option<u64>, u64) {
+fn watch(
+    label: &str,
+    target: &Target,
+    plan: &Plan,
+    progress: &Progress,
+    load_cpu: &dyn Fn() -> u64,
+) -> (Option<u64>, u64, u64) {
     let clock = plan.clock;
     let sleep_until = |t: u64| {
         let now = clock.now().0;
@@ -197,6 +208,7 @@ fn watch(label: &str, target: &Target, plan: &Plan, progress: &Progress) -> (Opt
     };
     let total_s = (plan.end - plan.start) / 1_000_000_000;
     let mut cpu_start = None;
+    let mut load_start = 0;
     let mut wall_start = plan.measure_from;
     let (mut last_sent, mut last_received) = (0, 0);
     let mut tick = plan.start;
@@ -206,6 +218,7 @@ fn watch(label: &str, target: &Target, plan: &Plan, progress: &Progress) -> (Opt
             sleep_until(plan.measure_from);
             wall_start = clock.now().0;
             cpu_start = target.cpu_ns();
+            load_start = load_cpu();
         }
         sleep_until(next);
         tick = next;
@@ -232,7 +245,7 @@ fn watch(label: &str, target: &Target, plan: &Plan, progress: &Progress) -> (Opt
         (Some(a), Some(b)) => Some(b.saturating_sub(a)),
         _ => None,
     };
-    (cpu, wall)
+    (cpu, wall, load_cpu().saturating_sub(load_start))
 }
 
 /// `handshake`: new sessions per second with `suite`, closed loop over `threads` threads, each
