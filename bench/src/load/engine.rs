@@ -75,6 +75,8 @@ pub struct ThreadResult {
     pub received: u64,
     /// An error that ended the thread early.
     pub error: Option<String>,
+    /// This thread's CPU time over the measured interval, ns.
+    pub cpu_ns: u64,
 }
 
 struct LaneState {
@@ -98,6 +100,7 @@ pub fn run_thread(
         sent: 0,
         received: 0,
         error: None,
+        cpu_ns: 0,
     };
     if let Err(error) = drive(&mut lanes, first_lane, plan, progress, &mut result) {
         progress.failed.store(true, Ordering::Relaxed);
@@ -148,8 +151,16 @@ fn drive(
     let mut events = Events::with_capacity(1024);
     let mut arrived = Vec::with_capacity(1024);
     let drain_until = plan.end + u64::try_from(plan.drain.as_nanos()).unwrap_or(u64::MAX);
+    let (mut cpu_from, mut cpu_done) = (None, false);
     loop {
         let now = plan.clock.now().0;
+        if cpu_from.is_none() && now >= plan.measure_from {
+            cpu_from = Some(sys::thread_cpu_ns());
+        }
+        if !cpu_done && now >= plan.end {
+            cpu_done = true;
+            result.cpu_ns = sys::thread_cpu_ns().saturating_sub(cpu_from.unwrap_or(0));
+        }
         let outstanding: u64 = states.iter().map(|s| s.in_flight).sum();
         if now >= plan.end && (outstanding == 0 || now >= drain_until) {
             return Ok(());

@@ -134,10 +134,9 @@ pub fn run_load(
         first += count;
     }
     let label = format!("{} {}", kind.name(), pace_name(pace));
-    let load_cpu = || sys::cpu_ns(std::process::id(), Some("bench-load"));
-    let (cpu_ns, wall_ns, load_ns) = watch(&label, target, &plan, &progress, &load_cpu);
+    let (cpu_ns, wall_ns) = watch(&label, target, &plan, &progress);
     let mut histogram = Histogram::<u64>::new_with_bounds(1, engine::LATENCY_NS_MAX, 3)?;
-    let (mut sent, mut received) = (0, 0);
+    let (mut sent, mut received, mut load_ns) = (0, 0, 0);
     for handle in handles {
         let result: ThreadResult = handle
             .join()
@@ -148,6 +147,7 @@ pub fn run_load(
         histogram.add(&result.histogram)?;
         sent += result.sent;
         received += result.received;
+        load_ns += result.cpu_ns;
     }
     let seconds = settings.duration.as_secs_f64();
     Ok(RunResult {
@@ -192,13 +192,7 @@ fn nanos(d: Duration) -> u64 {
 
 /// Prints a progress line every second until the run ends; samples the server's CPU time at
 /// the start and the end of the measured interval. Returns (CPU ns, wall ns) of that interval.
-fn watch(
-    label: &str,
-    target: &Target,
-    plan: &Plan,
-    progress: &Progress,
-    load_cpu: &dyn Fn() -> u64,
-) -> (Option<u64>, u64, u64) {
+fn watch(label: &str, target: &Target, plan: &Plan, progress: &Progress) -> (Option<u64>, u64) {
     let clock = plan.clock;
     let sleep_until = |t: u64| {
         let now = clock.now().0;
@@ -208,7 +202,6 @@ fn watch(
     };
     let total_s = (plan.end - plan.start) / 1_000_000_000;
     let mut cpu_start = None;
-    let mut load_start = 0;
     let mut wall_start = plan.measure_from;
     let (mut last_sent, mut last_received) = (0, 0);
     let mut tick = plan.start;
@@ -218,7 +211,6 @@ fn watch(
             sleep_until(plan.measure_from);
             wall_start = clock.now().0;
             cpu_start = target.cpu_ns();
-            load_start = load_cpu();
         }
         sleep_until(next);
         tick = next;
@@ -245,7 +237,7 @@ fn watch(
         (Some(a), Some(b)) => Some(b.saturating_sub(a)),
         _ => None,
     };
-    (cpu, wall, load_cpu().saturating_sub(load_start))
+    (cpu, wall)
 }
 
 /// `handshake`: new sessions per second with `suite`, closed loop over `threads` threads, each

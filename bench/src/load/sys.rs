@@ -100,6 +100,11 @@ fn stat_ns(task: &Path) -> u64 {
     (ticks(11) + ticks(12)) * 10_000_000
 }
 
+/// CPU time of the calling thread so far, ns (`/proc/thread-self/schedstat`).
+pub fn thread_cpu_ns() -> u64 {
+    schedstat_ns(Path::new("/proc/thread-self")).unwrap_or(0)
+}
+
 /// Resident memory of `pid` in KiB (`VmRSS`).
 pub fn vm_rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
