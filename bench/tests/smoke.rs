@@ -35,6 +35,14 @@ fn run(args: &[&str], name: &str) -> Value {
     );
     let report: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
     std::fs::remove_file(&out).unwrap();
+    let plot = std::fs::read_to_string(out.with_extension("svg")).unwrap();
+    assert!(plot.starts_with("<svg") && plot.trim_end().ends_with("</svg>"));
+    assert_eq!(
+        plot.matches("<polyline").count(),
+        report["results"].as_array().unwrap().len(),
+        "one latency curve per result"
+    );
+    std::fs::remove_file(out.with_extension("svg")).unwrap();
     for field in ["scenario", "machine", "commit", "settings", "results"] {
         assert!(!report[field].is_null(), "report has no {field}: {report}");
     }
@@ -196,6 +204,8 @@ fn compare_prints_ratios() {
     assert!(output.status.success());
     let text = String::from_utf8(output.stdout).unwrap();
     assert!(text.contains("| echo-tcp | open-loop |"), "{text}");
-    std::fs::remove_file(a).unwrap();
-    std::fs::remove_file(b).unwrap();
+    for path in [a, b] {
+        std::fs::remove_file(&path).unwrap();
+        std::fs::remove_file(path.with_extension("svg")).unwrap();
+    }
 }

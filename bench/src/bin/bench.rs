@@ -6,7 +6,7 @@
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use commucat_bench::load::engine::Pace;
-use commucat_bench::load::report::{Report, RunResult, compare};
+use commucat_bench::load::report::{self, Report, RunResult, compare};
 use commucat_bench::load::servers::{self, CommuCat, Target};
 use commucat_bench::load::{self, LoadSettings, TargetKind, sys};
 use commucat_client::{Cipher, Clock, Pattern, Suite};
@@ -239,7 +239,10 @@ fn finish(report: &Report, out: Option<&PathBuf>) -> Result<()> {
     print!("{}", report.markdown());
     if let Some(path) = out {
         report.write(path)?;
-        eprintln!("report: {}", path.display());
+        let plot = path.with_extension("svg");
+        std::fs::write(&plot, report::svg(report))
+            .with_context(|| format!("cannot write {}", plot.display()))?;
+        eprintln!("report: {} and {}", path.display(), plot.display());
     }
     Ok(())
 }

@@ -162,6 +162,7 @@ pub fn run_load(
         messages: received,
         lost: sent.saturating_sub(received),
         latency_us: Percentiles::of(&histogram),
+        latency_curve_us: report::latency_curve(&histogram),
         server_cpu_us_per_msg: cpu_ns.map(|ns| ns as f64 / 1000.0 / received.max(1) as f64),
         server_cpu_percent: cpu_ns.map(|ns| 100.0 * ns as f64 / wall_ns.max(1) as f64),
         extra: serde_json::json!({
@@ -328,6 +329,7 @@ pub fn run_handshakes(
         messages: sessions,
         lost: 0,
         latency_us: Percentiles::of(&histogram),
+        latency_curve_us: report::latency_curve(&histogram),
         server_cpu_us_per_msg: cpu.map(|ns| ns as f64 / 1000.0 / sessions.max(1) as f64),
         server_cpu_percent: cpu.map(|ns| 100.0 * ns as f64 / (wall * 1e9)),
         extra: serde_json::json!({ "suite": suite.noise_name(), "threads": threads }),
@@ -371,6 +373,7 @@ pub fn run_idle(target: &Target, count: usize, suite: Suite) -> Result<RunResult
         messages: count as u64,
         lost: 0,
         latency_us: Percentiles::default(),
+        latency_curve_us: Vec::new(),
         server_cpu_us_per_msg: None,
         server_cpu_percent: None,
         extra: serde_json::json!({

@@ -68,6 +68,25 @@ pub struct RunResult {
     /// Scenario-specific figures.
     #[serde(default)]
     pub extra: serde_json::Value,
+    /// The latency distribution: (quantile, µs) at [`CURVE_QUANTILES`], for the plot.
+    #[serde(default)]
+    pub latency_curve_us: Vec<(f64, f64)>,
+}
+
+/// The quantiles of [`RunResult::latency_curve_us`].
+pub const CURVE_QUANTILES: [f64; 14] = [
+    0.0, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 0.995, 0.999, 0.9995, 0.9999, 0.99995, 0.99999, 1.0,
+];
+
+/// (quantile, µs) at each of [`CURVE_QUANTILES`].
+pub fn latency_curve(histogram: &Histogram<u64>) -> Vec<(f64, f64)> {
+    if histogram.is_empty() {
+        return Vec::new();
+    }
+    CURVE_QUANTILES
+        .iter()
+        .map(|&q| (q, histogram.value_at_quantile(q) as f64 / 1000.0))
+        .collect()
 }
 
 /// A whole `bench` run.
@@ -158,6 +177,111 @@ impl Report {
         }
         out
     }
+}
+
+/// An SVG plot of every result's latency distribution: latency (log scale) against the
+/// percentile, on the usual HdrHistogram axis where each step right is another nine
+/// (50 %, 90 %, 99 %, 99.9 %, …).
+pub fn svg(report: &Report) -> String {
+    const W: f64 = 760.0;
+    const H: f64 = 420.0;
+    const LEFT: f64 = 70.0;
+    const RIGHT: f64 = 180.0;
+    const TOP: f64 = 30.0;
+    const BOTTOM: f64 = 50.0;
+    const NINES_MAX: f64 = 5.0;
+    const COLORS: [&str; 6] = [
+        "#d62728", "#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b",
+    ];
+    let nines = |q: f64| (-(1.0 - q).max(1e-5).log10()).min(NINES_MAX);
+    let curves: Vec<&RunResult> = report
+        .results
+        .iter()
+        .filter(|r| !r.latency_curve_us.is_empty())
+        .collect();
+    let (mut lo, mut hi) = (f64::MAX, 1.0_f64);
+    for r in &curves {
+        for &(_, us) in &r.latency_curve_us {
+            lo = lo.min(us.max(1.0));
+            hi = hi.max(us);
+        }
+    }
+    let lo = 10f64.powf(lo.min(hi).log10().floor());
+    let hi = 10f64.powf(hi.log10().ceil().max(lo.log10() + 1.0));
+    let x = |q: f64| LEFT + nines(q) / NINES_MAX * (W - LEFT - RIGHT);
+    let y = |us: f64| {
+        let t = (us.max(lo).log10() - lo.log10()) / (hi.log10() - lo.log10());
+        H - BOTTOM - t * (H - TOP - BOTTOM)
+    };
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{W}\" height=\"{H}\" \
+         font-family=\"sans-serif\" font-size=\"12\">"
+    );
+    let _ = writeln!(out, "<rect width=\"{W}\" height=\"{H}\" fill=\"white\"/>");
+    let _ = writeln!(
+        out,
+        "<text x=\"{LEFT}\" y=\"18\">{} — latency by percentile, commit {}</text>",
+        report.scenario, report.commit
+    );
+    for (i, label) in ["0", "90", "99", "99.9", "99.99", "99.999"]
+        .iter()
+        .enumerate()
+    {
+        let px = LEFT + i as f64 / NINES_MAX * (W - LEFT - RIGHT);
+        let _ = writeln!(
+            out,
+            "<line x1=\"{px:.1}\" y1=\"{TOP}\" x2=\"{px:.1}\" y2=\"{:.1}\" stroke=\"#ddd\"/>\
+             <text x=\"{px:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{label}%</text>",
+            H - BOTTOM,
+            H - BOTTOM + 16.0
+        );
+    }
+    let mut tick = lo;
+    while tick <= hi * 1.001 {
+        let py = y(tick);
+        let label = if tick >= 1000.0 {
+            format!("{} ms", tick / 1000.0)
+        } else {
+            format!("{tick} µs")
+        };
+        let _ = writeln!(
+            out,
+            "<line x1=\"{LEFT}\" y1=\"{py:.1}\" x2=\"{:.1}\" y2=\"{py:.1}\" stroke=\"#ddd\"/>\
+             <text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{label}</text>",
+            W - RIGHT,
+            LEFT - 6.0,
+            py + 4.0
+        );
+        tick *= 10.0;
+    }
+    for (i, r) in curves.iter().enumerate() {
+        let color = COLORS[i % COLORS.len()];
+        let points: Vec<String> = r
+            .latency_curve_us
+            .iter()
+            .map(|&(q, us)| format!("{:.1},{:.1}", x(q), y(us)))
+            .collect();
+        let _ = writeln!(
+            out,
+            "<polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"2\" points=\"{}\"/>",
+            points.join(" ")
+        );
+        let ly = TOP + 16.0 * i as f64 + 10.0;
+        let rate = r
+            .rate_target
+            .map_or_else(|| "max".into(), |x| format!("{x:.0}/s"));
+        let _ = writeln!(
+            out,
+            "<text x=\"{:.1}\" y=\"{ly:.1}\" fill=\"{color}\">{} {} {rate}</text>",
+            W - RIGHT + 10.0,
+            r.target,
+            r.mode
+        );
+    }
+    let _ = writeln!(out, "</svg>");
+    out
 }
 
 /// `bench compare a.json b.json`: for each result of `b` with a result of the same target and
