@@ -209,3 +209,35 @@ fn compare_prints_ratios() {
         std::fs::remove_file(path.with_extension("svg")).unwrap();
     }
 }
+
+#[test]
+fn a_failing_target_is_reported_and_the_others_still_run() {
+    let out = out_path("failing");
+    let unreachable = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = unreachable.local_addr().unwrap();
+    drop(unreachable);
+    let key = "00".repeat(32);
+    let output = Command::new(env!("CARGO_BIN_EXE_bench"))
+        .args(["relay", "--target", "commucat,echo", "--server"])
+        .arg(addr.to_string())
+        .args(["--server-key", &key, "--pairs", "1", "--rate", "100"])
+        .args(["--duration", "1", "--warmup", "0", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(
+        !output.status.success(),
+        "a failed target must fail the command"
+    );
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    let results = report["results"].as_array().unwrap();
+    assert_eq!(results.len(), 1);
+    check_result(&results[0], "echo-tcp");
+    let failed = report["settings"]["failed"].as_array().unwrap();
+    assert!(
+        failed[0].as_str().unwrap().starts_with("commucat"),
+        "{failed:?}"
+    );
+    std::fs::remove_file(&out).unwrap();
+    std::fs::remove_file(out.with_extension("svg")).unwrap();
+}

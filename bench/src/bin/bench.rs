@@ -279,6 +279,9 @@ fn relay(scenario: &str, args: &RelayArgs) -> Result<()> {
         rate = Some((max.received_per_s / 2.0).max(1.0));
         report.results.push(max);
     }
+    // A target that fails (for example a server that cuts a receiver off) does not stop the
+    // others: it is reported, and the command fails at the end.
+    let mut failed = Vec::new();
     for &kind in &args.target {
         let pace = match (args.max, rate) {
             (true, _) => Pace::Closed {
@@ -287,11 +290,23 @@ fn relay(scenario: &str, args: &RelayArgs) -> Result<()> {
             (false, Some(rate)) => Pace::Open { rate },
             (false, None) => Pace::Open { rate: 10_000.0 },
         };
-        report
-            .results
-            .push(run_one(kind, &args.server, &settings, pace)?);
+        match run_one(kind, &args.server, &settings, pace) {
+            Ok(result) => report.results.push(result),
+            Err(error) => {
+                eprintln!("{}: {error:#}", kind.name());
+                failed.push(format!("{}: {error:#}", kind.name()));
+            }
+        }
     }
-    finish(&report, args.server.out.as_ref())
+    if !failed.is_empty() {
+        report.settings["failed"] = serde_json::json!(failed);
+    }
+    finish(&report, args.server.out.as_ref())?;
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        bail!("{} target(s) failed: {}", failed.len(), failed.join("; "))
+    }
 }
 
 fn run_one(
