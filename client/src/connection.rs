@@ -157,7 +157,7 @@ pub enum Event {
     },
     /// A new message (duplicates are acknowledged but not reported).
     Delivered(Delivery),
-    /// The answer to [`Connection::ping`].
+    /// The answer to [`Connection::ping`] (keepalive answers are not reported).
     Pong {
         /// The nonce sent.
         nonce: u64,
@@ -267,6 +267,8 @@ pub struct Connection<R: Rng> {
     record_len_max: usize,
     next_ping: Instant,
     ping_nonce: u64,
+    /// The nonce of the keepalive `Ping` not yet answered; its `Pong` is not reported.
+    keepalive_pending: Option<u64>,
     now_last: Instant,
     stats: ConnectionStats,
 }
@@ -321,6 +323,7 @@ impl<R: Rng> Connection<R> {
             record_len_max: config.record_len_max.clamp(1, RECORD_PLAINTEXT_LEN_MAX),
             next_ping: Instant(u64::MAX),
             ping_nonce: 0,
+            keepalive_pending: None,
             now_last: now,
             stats: ConnectionStats::default(),
         };
@@ -621,6 +624,9 @@ impl<R: Rng> Connection<R> {
             Frame::Ping(ping) => {
                 let _ = self.queue_frame(&Frame::Pong(Pong { nonce: ping.nonce }));
             }
+            Frame::Pong(pong) if self.keepalive_pending == Some(pong.nonce) => {
+                self.keepalive_pending = None;
+            }
             Frame::Pong(pong) => self.events.push_back(Event::Pong { nonce: pong.nonce }),
             Frame::Error(error) => self.events.push_back(Event::Error {
                 code: error.code,
@@ -734,10 +740,12 @@ impl<R: Rng> Connection<R> {
                 if let Some(every) = self.keepalive
                     && now >= self.next_ping
                 {
+                    // Keepalive nonces count down from u64::MAX, away from the small
+                    // numbers applications use, and their Pongs are not reported.
                     self.ping_nonce = self.ping_nonce.wrapping_add(1);
-                    let _ = self.queue_frame(&Frame::Ping(Ping {
-                        nonce: self.ping_nonce,
-                    }));
+                    let nonce = u64::MAX - self.ping_nonce;
+                    self.keepalive_pending = Some(nonce);
+                    let _ = self.queue_frame(&Frame::Ping(Ping { nonce }));
                     self.next_ping = now.saturating_add(every);
                 }
             }

@@ -222,3 +222,30 @@ fn the_outbound_buffer_stays_bounded_under_partial_writes() {
     assert!(conn.outbound_len() < 2_000, "{}", conn.outbound_len());
     assert!(largest < 200 * 1024, "the buffer grew to {largest} bytes");
 }
+
+#[test]
+fn keepalive_pings_are_sent_when_due_and_their_pongs_are_not_reported() {
+    let mut net = Net::new(8);
+    let a = net.connect(Suite::ALL[0], 80);
+    net.events(a);
+    let due = net.clients[a].1.poll_timeout().unwrap();
+    assert!(due > NOW, "a keepalive is scheduled");
+    // Handle the timeout at the keepalive time; the shard answers the Ping.
+    let conn = &mut net.clients[a].1;
+    conn.handle_timeout(due);
+    let out = conn.poll_transmit(due).unwrap().to_vec();
+    assert!(!out.is_empty(), "a Ping was queued");
+    conn.handle_written(out.len());
+    let id = net.clients[a].0;
+    net.shard.handle_received(due, id, &out);
+    let reply = net.shard.poll_transmit(due, id).to_vec();
+    net.shard.handle_written(id, reply.len());
+    assert!(!reply.is_empty(), "the shard answered");
+    let conn = &mut net.clients[a].1;
+    conn.handle_input(due, &reply).unwrap();
+    assert_eq!(conn.poll_event(), None, "a keepalive Pong is not an event");
+    assert!(
+        conn.poll_timeout().unwrap() > due,
+        "the next keepalive is scheduled"
+    );
+}
