@@ -67,12 +67,12 @@ fn check_result(result: &Value, target: &str) {
 }
 
 #[test]
-fn relay_and_echo_write_a_complete_report() {
+fn relay_and_both_echoes_write_a_complete_report() {
     let report = run(
         &[
             "relay",
             "--target",
-            "commucat,echo",
+            "commucat,echo,echo-udp",
             "--in-process",
             "--pairs",
             "2",
@@ -86,9 +86,10 @@ fn relay_and_echo_write_a_complete_report() {
         "relay",
     );
     let results = report["results"].as_array().unwrap();
-    assert_eq!(results.len(), 2);
+    assert_eq!(results.len(), 3);
     check_result(&results[0], "commucat");
     check_result(&results[1], "echo-tcp");
+    check_result(&results[2], "echo-udp");
     assert_eq!(results[0]["mode"], "open-loop");
     assert_eq!(results[0]["rate_target"].as_f64(), Some(200.0));
 }

@@ -33,6 +33,8 @@ enum Command {
     Relay(RelayArgs),
     /// The plain TCP echo baseline alone (`relay --target echo`).
     EchoTcp(RelayArgs),
+    /// The plain UDP echo baseline alone (`relay --target echo-udp`): one datagram per message.
+    EchoUdp(RelayArgs),
     /// New sessions per second (connect, handshake, Hello/Welcome, close), per suite.
     Handshake(HandshakeArgs),
     /// Opens N idle sessions and reports the server's resident memory per session.
@@ -173,6 +175,10 @@ fn main() -> Result<()> {
             args.target = vec![TargetKind::Echo];
             relay("echo-tcp", &args)
         }
+        Command::EchoUdp(mut args) => {
+            args.target = vec![TargetKind::EchoUdp];
+            relay("echo-udp", &args)
+        }
         Command::Handshake(args) => handshake(&args),
         Command::Idle(args) => idle(&args),
         Command::Compare { a, b } => {
@@ -217,6 +223,7 @@ fn start(kind: TargetKind, args: &ServerArgs) -> Result<Target> {
         TargetKind::Commucat => servers::start_commucat(&commucat_how(args)?)?,
         TargetKind::Echo => servers::start_echo()?,
         TargetKind::Nats => servers::start_nats()?,
+        TargetKind::EchoUdp => servers::start_echo_udp()?,
     };
     if let Some(cpu) = args.pin_server {
         target.pin(cpu)?;

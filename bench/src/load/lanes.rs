@@ -140,6 +140,19 @@ pub enum Lane {
     Relay(Box<RelayLane>),
     /// A NATS publisher and subscriber.
     Nats(NatsLane),
+    /// A UDP echo: one datagram per message, the same socket sends and receives.
+    EchoUdp(EchoUdpLane),
+}
+
+/// See [`Lane::EchoUdp`].
+#[derive(Debug)]
+pub struct EchoUdpLane {
+    socket: mio::net::UdpSocket,
+    /// Whole messages not yet sent, back to back.
+    out: Vec<u8>,
+    out_at: usize,
+    size: usize,
+    scratch: Vec<u8>,
 }
 
 /// See [`Lane::Echo`].
@@ -181,6 +194,21 @@ impl Lane {
         Ok(Self::Echo(EchoLane {
             pipe: Pipe::new(stream)?,
             size: size.max(8),
+            scratch: vec![0u8; READ_CHUNK],
+        }))
+    }
+
+    /// A lane to the UDP echo server at `addr`, one datagram of `size` bytes (8 to 1452) per
+    /// message.
+    pub fn echo_udp(addr: SocketAddr, size: usize) -> io::Result<Self> {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0")?;
+        socket.connect(addr)?;
+        socket.set_nonblocking(true)?;
+        Ok(Self::EchoUdp(EchoUdpLane {
+            socket: mio::net::UdpSocket::from_std(socket),
+            out: Vec::new(),
+            out_at: 0,
+            size: size.clamp(8, dp_core::limits::DATAGRAM_LEN_MAX),
             scratch: vec![0u8; READ_CHUNK],
         }))
     }
@@ -255,6 +283,7 @@ impl Lane {
                 registry.register(&mut l.publisher.stream, Token(base), interest)?;
                 registry.register(&mut l.subscriber.stream, Token(base + 1), interest)
             }
+            Self::EchoUdp(l) => registry.register(&mut l.socket, Token(base), interest),
         }
     }
 
@@ -294,6 +323,14 @@ impl Lane {
                 out.extend_from_slice(b"\r\n");
                 true
             }
+            Self::EchoUdp(l) => {
+                if l.out.len() - l.out_at > OUT_BYTES_MAX {
+                    return false;
+                }
+                l.out.extend_from_slice(&stamp);
+                l.out.resize(l.out.len() + l.size - 8, 0);
+                true
+            }
         }
     }
 
@@ -308,6 +345,25 @@ impl Lane {
             Self::Nats(l) => {
                 l.publisher.write_out()?;
                 l.subscriber.write_out()
+            }
+            Self::EchoUdp(l) => {
+                while l.out_at < l.out.len() {
+                    match l.socket.send(&l.out[l.out_at..l.out_at + l.size]) {
+                        Ok(_) => l.out_at += l.size,
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                        // Loopback refuses a datagram now and then under load: it is lost,
+                        // and counted as lost at the end.
+                        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                            l.out_at += l.size;
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+                if l.out_at == l.out.len() {
+                    l.out.clear();
+                    l.out_at = 0;
+                }
+                Ok(())
             }
         }
     }
@@ -356,6 +412,14 @@ impl Lane {
                 l.subscriber.read_in(&mut l.scratch)?;
                 nats_parse(&mut l.subscriber, arrived)
             }
+            Self::EchoUdp(l) => loop {
+                match l.socket.recv(&mut l.scratch) {
+                    Ok(n) => arrived.extend(stamp_of(&l.scratch[..n])),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                    Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {}
+                    Err(e) => return Err(e),
+                }
+            },
         }
     }
 }

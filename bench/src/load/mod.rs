@@ -34,6 +34,9 @@ pub enum TargetKind {
     Echo,
     /// NATS publish/subscribe through `nats-server`, plaintext, no acknowledgements.
     Nats,
+    /// A plain UDP echo server in this process (one thread): one datagram per message, lost
+    /// datagrams counted.
+    EchoUdp,
 }
 
 impl TargetKind {
@@ -43,6 +46,7 @@ impl TargetKind {
             Self::Commucat => "commucat",
             Self::Echo => "echo-tcp",
             Self::Nats => "nats",
+            Self::EchoUdp => "echo-udp",
         }
     }
 }
@@ -85,6 +89,7 @@ fn make_lane(
             clock,
         )?,
         TargetKind::Nats => Lane::nats(target.addr, lane, settings.size)?,
+        TargetKind::EchoUdp => Lane::echo_udp(target.addr, settings.size)?,
     })
 }
 

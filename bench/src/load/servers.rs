@@ -210,6 +210,56 @@ fn echo_conn(conn: &mut EchoConn, buf: &mut [u8]) -> std::io::Result<()> {
     }
 }
 
+/// Name of the UDP echo server's thread.
+const ECHO_UDP_THREAD: &str = "bench-uecho";
+
+/// Starts the plain UDP echo server: one thread, one socket, each datagram sent back.
+pub fn start_echo_udp() -> Result<Target> {
+    let mut socket = mio::net::UdpSocket::bind("127.0.0.1:0".parse()?)?;
+    let addr = socket.local_addr()?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let thread_stop = Arc::clone(&stop);
+    let thread = std::thread::Builder::new()
+        .name(ECHO_UDP_THREAD.into())
+        .spawn(move || {
+            if let Err(error) = echo_udp_loop(&mut socket, &thread_stop) {
+                eprintln!("UDP echo server: {error}");
+            }
+        })?;
+    Ok(Target {
+        addr,
+        server_key: [0; 32],
+        pid: Some(std::process::id()),
+        prefix: Some(ECHO_UDP_THREAD),
+        kind: Kind::Echo {
+            stop,
+            thread: Some(thread),
+        },
+    })
+}
+
+fn echo_udp_loop(socket: &mut mio::net::UdpSocket, stop: &AtomicBool) -> std::io::Result<()> {
+    let mut poll = Poll::new()?;
+    poll.registry()
+        .register(socket, Token(0), Interest::READABLE)?;
+    let mut events = Events::with_capacity(64);
+    let mut buf = vec![0u8; 64 * 1024];
+    while !stop.load(Ordering::Relaxed) {
+        poll.poll(&mut events, Some(Duration::from_millis(50)))?;
+        loop {
+            match socket.recv_from(&mut buf) {
+                // A reply the socket cannot take now is dropped, as a real UDP server would.
+                Ok((n, from)) => {
+                    let _ = socket.send_to(&buf[..n], from);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(_) => {}
+            }
+        }
+    }
+    Ok(())
+}
+
 /// How to reach CommuCat.
 #[derive(Clone, Debug)]
 pub enum CommuCat {
