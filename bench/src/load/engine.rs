@@ -222,6 +222,16 @@ fn drive(
     }
 }
 
+/// The intended send times due at `now` on a lane whose next message is due at `next`: every
+/// one up to `now` (and before `end`), however late. Each is sent stamped with its intended
+/// time, never with `now`, so lateness counts as latency (no coordinated omission).
+pub fn due(next: u64, now: u64, end: u64, interval: u64) -> impl Iterator<Item = u64> {
+    let interval = interval.max(1);
+    (0..)
+        .map(move |k: u64| next.saturating_add(k.saturating_mul(interval)))
+        .take_while(move |&t| t <= now && t < end)
+}
+
 /// Queues what is due on one lane; returns how many messages were queued.
 fn schedule(
     lane: &mut Lane,
@@ -236,14 +246,14 @@ fn schedule(
         Pace::Open { .. } => {
             // Everything due is sent, late or not; a full buffer leaves it due, so its
             // latency keeps counting from its intended time.
-            while state.next_due <= now && state.next_due < plan.end {
-                if !lane.queue(plan.clock, state.next_due) {
+            for stamp in due(state.next_due, now, plan.end, interval) {
+                if !lane.queue(plan.clock, stamp) {
                     break;
                 }
-                if state.next_due >= plan.measure_from {
+                if stamp >= plan.measure_from {
                     result.sent += 1;
                 }
-                state.next_due += interval;
+                state.next_due = stamp + interval;
                 state.in_flight += 1;
                 sent += 1;
             }
@@ -262,4 +272,37 @@ fn schedule(
         }
     }
     sent
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_late_lane_sends_everything_due_stamped_with_its_intended_times() {
+        // Due at 1 000 every 1 000 ns, but the thread only runs again at 10 500.
+        let stamps: Vec<u64> = due(1_000, 10_500, u64::MAX, 1_000).collect();
+        assert_eq!(stamps, (1..=10).map(|k| k * 1_000).collect::<Vec<_>>());
+        // Nothing due yet, and nothing at or after the end.
+        assert_eq!(due(5_000, 4_999, u64::MAX, 1_000).count(), 0);
+        assert_eq!(
+            due(1_000, 10_500, 3_000, 1_000).collect::<Vec<_>>(),
+            [1_000, 2_000]
+        );
+    }
+
+    #[test]
+    fn the_lanes_interval_spreads_the_total_rate() {
+        let plan = Plan {
+            clock: Clock::new(),
+            start: 0,
+            measure_from: 0,
+            end: 1,
+            drain: Duration::ZERO,
+            pace: Pace::Open { rate: 80_000.0 },
+            lanes_total: 8,
+        };
+        // 8 lanes sharing 80 000 msg/s: 10 000 msg/s each, one every 100 µs.
+        assert_eq!(interval_ns(&plan), 100_000);
+    }
 }

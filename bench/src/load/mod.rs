@@ -278,10 +278,11 @@ pub fn run_handshakes(
                         config.suite = suite;
                         config.keepalive = None;
                         let t0 = clock.now().0;
-                        let client = Client::connect_with(addr, config, rng.clone(), clock, None)
+                        // A fresh generator per session: new ephemeral keys and indices.
+                        let session_rng = SeededRng::new(rng.next_u64());
+                        let client = Client::connect_with(addr, config, session_rng, clock, None)
                             .map_err(|e| anyhow::anyhow!("handshake: {e}"))?;
                         let _ = histogram.record(clock.now().0.saturating_sub(t0).max(1));
-                        rng.next_u64();
                         count.fetch_add(1, Ordering::Relaxed);
                         drop(client);
                     }
