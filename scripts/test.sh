@@ -12,7 +12,7 @@ step() { printf '\n==> %s\n' "$*"; }
 
 step "system packages"
 . scripts/packages.sh
-ensure_packages build-essential pkg-config python3 python3-pip python3-venv
+ensure_packages build-essential pkg-config python3 python3-pip python3-venv nats-server
 
 step "Rust components"
 rustup component add rustfmt clippy >/dev/null 2>&1 || true

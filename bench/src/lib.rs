@@ -100,3 +100,5 @@ pub fn handshake(suite: Suite, seed: u64) -> Option<(Box<Established>, Box<Estab
         ResponderEvent::CookieSent { .. } | ResponderEvent::Established { .. } => None,
     }
 }
+
+pub mod load;

@@ -3,6 +3,8 @@
 //! in flight; beside it, in the same run, a plain TCP echo of the same bytes on the same
 //! machine (the kernel's limit). Prints messages per second for both and the ratio.
 //!
+//! The `bench` tool (`bench relay --max`) supersedes it with open-loop load and latency.
+//!
 //! `cargo run --release -p dp-io --example relay_load -- [pairs] [seconds] [window]`
 #![allow(
     clippy::unwrap_used,
@@ -11,17 +13,12 @@
     clippy::disallowed_methods
 )]
 
+use commucat_client::{Client, Clock, Connection, ConnectionConfig, Event};
 use core::time::Duration;
-use dp_core::{DeviceId, Instant, MessageId, SeededRng};
+use dp_core::{DeviceId, MessageId, SeededRng};
 use dp_io::{Server, ServerConfig};
-use dp_noise::{
-    Cipher, Initiator, InitiatorConfig, InitiatorEvent, Pattern, StaticKeypair, StreamSession,
-    Suite,
-};
-use dp_proto::{
-    Capabilities, DeliveryAck, Frame, FrameAssembler, Hello, MessageIds, Recipient, SendFrame,
-    Versions,
-};
+use dp_noise::{Cipher, Pattern, StaticKeypair, Suite};
+use dp_proto::Recipient;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
@@ -29,112 +26,59 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 const BODY: usize = 1024;
 
+/// A session of the client library, driven here on a blocking socket with a read timeout.
 struct Conn {
     stream: TcpStream,
-    session: StreamSession,
-    assembler: FrameAssembler,
-    rx: Vec<u8>,
-    out: Vec<u8>,
-}
-
-fn now() -> Instant {
-    Instant(1)
-}
-
-fn packet(stream: &mut TcpStream, bytes: &[u8]) {
-    let mut framed = (bytes.len() as u16).to_be_bytes().to_vec();
-    framed.extend_from_slice(bytes);
-    stream.write_all(&framed).unwrap();
-}
-
-fn read_packet(stream: &mut TcpStream) -> Vec<u8> {
-    let mut len = [0u8; 2];
-    stream.read_exact(&mut len).unwrap();
-    let mut p = vec![0u8; usize::from(u16::from_be_bytes(len))];
-    stream.read_exact(&mut p).unwrap();
-    p
+    conn: Connection<SeededRng>,
+    clock: Clock,
+    buf: Vec<u8>,
 }
 
 impl Conn {
     fn connect(addr: SocketAddr, server: [u8; 32], key: &StaticKeypair, seed: u64) -> Self {
-        let mut stream = TcpStream::connect(addr).unwrap();
-        stream.set_nodelay(true).unwrap();
-        let mut rng = SeededRng::new(seed);
-        let config = InitiatorConfig {
-            suite: Suite::new(Pattern::Xk, Cipher::AesGcm, false),
-            local: key.clone(),
-            remote_static: server,
-            timestamp_ms: 1,
-        };
-        let mut initiator = Initiator::new(now(), config);
-        let mut buf = [0u8; 2048];
-        let n = initiator
-            .write_initiation(now(), &mut rng, &mut buf)
-            .unwrap();
-        packet(&mut stream, &buf[..n]);
-        let response = read_packet(&mut stream);
-        let InitiatorEvent::Established {
-            finish_len: Some(f),
-            session,
-        } = initiator.handle_packet(now(), &response, &mut buf).unwrap()
-        else {
-            panic!("handshake")
-        };
-        packet(&mut stream, &buf[..f]);
-        let mut conn = Self {
+        let mut config = ConnectionConfig::new(key.clone(), server);
+        config.suite = Suite::new(Pattern::Xk, Cipher::AesGcm, false);
+        let client = Client::connect(addr, config, SeededRng::new(seed)).unwrap();
+        let (stream, conn, clock) = client.into_parts();
+        Self {
             stream,
-            session: StreamSession::new(&session, now()),
-            assembler: FrameAssembler::new(1 << 20),
-            rx: Vec::new(),
-            out: Vec::new(),
-        };
-        conn.queue(&Frame::Hello(Hello {
-            versions: Versions::new(&[dp_proto::PROTOCOL_VERSION]).unwrap(),
-            capabilities: Capabilities::EMPTY,
-            frame_len_max: 1 << 20,
-        }));
-        conn.flush();
-        conn
+            conn,
+            clock,
+            buf: vec![0u8; 65536],
+        }
     }
 
-    fn queue(&mut self, frame: &Frame<'_>) {
-        let mut plain = Vec::with_capacity(frame.encoded_len());
-        frame.encode_append(&mut plain).unwrap();
-        let at = self.out.len();
-        self.out
-            .resize(at + StreamSession::sealed_len_max(plain.len()), 0);
-        let n = self
-            .session
-            .seal_record(now(), &plain, &mut self.out[at..])
+    fn send(&mut self, message: MessageId, to: DeviceId, body: &[u8]) {
+        let now = self.clock.now();
+        self.conn
+            .send(now, message, Recipient::Device(to), body)
             .unwrap();
-        self.out.truncate(at + n);
     }
 
     fn flush(&mut self) {
-        self.stream.write_all(&self.out).unwrap();
-        self.out.clear();
+        let out = self.conn.poll_transmit(self.clock.now()).unwrap();
+        let n = out.len();
+        self.stream.write_all(out).unwrap();
+        self.conn.handle_written(n);
     }
 
-    /// Reads what is available and calls `f` for every frame kind: (is_ack, is_deliver, id).
-    fn read(&mut self, mut f: impl FnMut(bool, Option<MessageId>)) {
-        let mut buf = [0u8; 65536];
-        let n = self.stream.read(&mut buf).unwrap();
+    /// Reads what is available; returns (SendAcks, deliveries). The library queues the
+    /// DeliveryAcks; `flush` writes them.
+    fn read(&mut self) -> (usize, usize) {
+        let n = self.stream.read(&mut self.buf).unwrap();
         assert!(n > 0, "server closed");
-        self.rx.extend_from_slice(&buf[..n]);
-        let mut at = 0;
-        while let Some(record) = self.session.open_record(&mut self.rx[at..]).unwrap() {
-            let plain = self.rx[at + record.plaintext.start..at + record.plaintext.end].to_vec();
-            at += record.consumed;
-            let mut frames = self.assembler.push(&plain);
-            while let Some(frame) = frames.next_frame() {
-                match frame.unwrap() {
-                    Frame::SendAck(_) => f(true, None),
-                    Frame::Deliver(d) => f(false, Some(d.message)),
-                    _ => {}
-                }
+        self.conn
+            .handle_input(self.clock.now(), &self.buf[..n])
+            .unwrap();
+        let (mut acks, mut delivered) = (0, 0);
+        while let Some(event) = self.conn.poll_event() {
+            match event {
+                Event::SendAck { .. } => acks += 1,
+                Event::Delivered(_) => delivered += 1,
+                _ => {}
             }
         }
-        self.rx.drain(..at);
+        (acks, delivered)
     }
 }
 
@@ -161,22 +105,14 @@ fn relay(pairs: usize, seconds: u64, window: usize) -> f64 {
             .unwrap();
         threads.push(std::thread::spawn(move || {
             while !stop_r.load(Ordering::Relaxed) {
-                let mut ids = Vec::new();
                 // A read timeout or the server going away at the end of the run ends the thread.
-                if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    recipient.read(|_, id| ids.extend(id));
-                }))
-                .is_err()
-                {
+                let Ok((_, delivered)) =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| recipient.read()))
+                else {
                     return;
-                }
-                if !ids.is_empty() {
-                    delivered_r.fetch_add(ids.len() as u64, Ordering::Relaxed);
-                    for chunk in ids.chunks(256) {
-                        recipient.queue(&Frame::DeliveryAck(DeliveryAck {
-                            messages: MessageIds::new(chunk),
-                        }));
-                    }
+                };
+                if delivered > 0 {
+                    delivered_r.fetch_add(delivered as u64, Ordering::Relaxed);
                     recipient.flush();
                 }
             }
@@ -196,22 +132,15 @@ fn relay(pairs: usize, seconds: u64, window: usize) -> f64 {
                     let mut id = [0u8; 16];
                     id[..8].copy_from_slice(&next.to_be_bytes());
                     next += 1;
-                    sender.queue(&Frame::Send(SendFrame {
-                        message: MessageId(id),
-                        recipient: Recipient::Device(recipient_id),
-                        body: &body,
-                    }));
+                    sender.send(MessageId(id), recipient_id, &body);
                     in_flight += 1;
                 }
                 sender.flush();
-                let mut acks = 0;
-                if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    sender.read(|ack, _| acks += usize::from(ack));
-                }))
-                .is_err()
-                {
+                let Ok((acks, _)) =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sender.read()))
+                else {
                     return;
-                }
+                };
                 in_flight -= acks.min(in_flight);
             }
         }));

@@ -1,0 +1,381 @@
+//! `bench`: CommuCat's load generator. Scenarios `relay`, `echo-tcp`, `handshake`, `idle`, and
+//! `compare` for two reports. See `docs/benchmarks.md` for how to run each and
+//! `docs/design/0007-client-and-bench.md` for the method.
+#![allow(clippy::disallowed_methods)]
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+use commucat_bench::load::engine::Pace;
+use commucat_bench::load::report::{self, Report, RunResult, compare};
+use commucat_bench::load::servers::{self, CommuCat, Target};
+use commucat_bench::load::{self, LoadSettings, TargetKind, sys};
+use commucat_client::{Cipher, Clock, Pattern, Suite};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// CommuCat's load generator: open-loop load with latency from intended send times, server CPU
+/// per message, and baselines (a plain TCP echo, NATS) measured in the same run.
+#[derive(Debug, Parser)]
+#[command(name = "bench", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// N sender→recipient pairs through the server, at a rate or at the closed-loop maximum;
+    /// `--target commucat,echo,nats` runs the baselines in the same run.
+    Relay(RelayArgs),
+    /// The plain TCP echo baseline alone (`relay --target echo`).
+    EchoTcp(RelayArgs),
+    /// The plain UDP echo baseline alone (`relay --target echo-udp`): one datagram per message.
+    EchoUdp(RelayArgs),
+    /// New sessions per second (connect, handshake, Hello/Welcome, close), per suite.
+    Handshake(HandshakeArgs),
+    /// Opens N idle sessions and reports the server's resident memory per session.
+    Idle(IdleArgs),
+    /// Prints the ratios b/a of two reports.
+    Compare {
+        /// The baseline report.
+        a: PathBuf,
+        /// The report compared with it.
+        b: PathBuf,
+    },
+}
+
+#[derive(Debug, Args, serde::Serialize)]
+struct ServerArgs {
+    /// A running CommuCat server to load instead of starting one.
+    #[arg(long, requires = "server_key")]
+    server: Option<SocketAddr>,
+    /// Its public key (64 hex digits).
+    #[arg(long)]
+    server_key: Option<String>,
+    /// Its process id, for CPU time and memory.
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// The `commucat` binary to start (default: beside this one).
+    #[arg(long)]
+    server_bin: Option<PathBuf>,
+    /// Run the server inside this process (dp-io's `Server`; for tests).
+    #[arg(long)]
+    in_process: bool,
+    /// Server shards.
+    #[arg(long, default_value_t = 1)]
+    shards: u16,
+    /// Pin the server (every thread) to this CPU.
+    #[arg(long)]
+    pin_server: Option<usize>,
+    /// Pin the load threads to this CPU.
+    #[arg(long)]
+    pin_load: Option<usize>,
+    /// Write the JSON report here.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+#[derive(Debug, Args, serde::Serialize)]
+struct RelayArgs {
+    /// Targets, run one after the other in this order (ratios are against the first).
+    #[arg(long, value_delimiter = ',', default_value = "commucat")]
+    target: Vec<TargetKind>,
+    /// Sender→recipient pairs.
+    #[arg(long, default_value_t = 8)]
+    pairs: usize,
+    /// Client threads.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// Message body size in bytes.
+    #[arg(long, default_value_t = 1024)]
+    size: usize,
+    /// Open loop: messages per second over all pairs.
+    #[arg(long, conflicts_with_all = ["max", "half_max"])]
+    rate: Option<f64>,
+    /// Closed loop: as fast as the window allows, for every target.
+    #[arg(long, conflicts_with = "half_max")]
+    max: bool,
+    /// Closed loop on the first target, then open loop at half its rate on every target.
+    #[arg(long)]
+    half_max: bool,
+    /// Messages in flight per pair in closed loop.
+    #[arg(long, default_value_t = 64)]
+    window: u32,
+    /// Measured seconds per run (at most 30).
+    #[arg(long, default_value_t = 10)]
+    duration: u64,
+    /// Warm-up seconds before each measurement.
+    #[arg(long, default_value_t = 2)]
+    warmup: u64,
+    /// CommuCat handshake suite: xk or ik, with -aes and/or -hybrid (e.g. xk-aes).
+    #[arg(long, default_value = "xk-aes")]
+    suite: String,
+    #[command(flatten)]
+    server: ServerArgs,
+}
+
+#[derive(Debug, Args, serde::Serialize)]
+struct HandshakeArgs {
+    /// Suites to measure, one run each (see `relay --suite`).
+    #[arg(long, value_delimiter = ',', default_value = "xk,xk-hybrid")]
+    suites: Vec<String>,
+    /// Client threads, each handshaking in a loop.
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
+    /// Measured seconds per suite (at most 30).
+    #[arg(long, default_value_t = 10)]
+    duration: u64,
+    #[command(flatten)]
+    server: ServerArgs,
+}
+
+#[derive(Debug, Args, serde::Serialize)]
+struct IdleArgs {
+    /// Sessions to open; at most 18 000 here, since this process and the server each hold one
+    /// descriptor per session and the file limit is 20 000 per process.
+    #[arg(long, default_value_t = 10_000)]
+    sessions: usize,
+    /// Handshake suite.
+    #[arg(long, default_value = "xk")]
+    suite: String,
+    #[command(flatten)]
+    server: ServerArgs,
+}
+
+/// The most idle sessions: the hard file limit here is 20 000 per process, and both this
+/// process and the server hold one descriptor per session, plus some to spare.
+const IDLE_SESSIONS_MAX: usize = 18_000;
+/// The longest measured run.
+const DURATION_MAX_S: u64 = 30;
+
+fn parse_suite(name: &str) -> Result<Suite> {
+    let pattern = if name.starts_with("ik") {
+        Pattern::Ik
+    } else if name.starts_with("xk") {
+        Pattern::Xk
+    } else {
+        bail!("suite {name:?}: start with xk or ik, e.g. xk, ik-aes, xk-aes-hybrid");
+    };
+    let cipher = if name.contains("aes") {
+        Cipher::AesGcm
+    } else {
+        Cipher::ChaChaPoly
+    };
+    Ok(Suite::new(pattern, cipher, name.contains("hybrid")))
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Command::Relay(args) => relay("relay", &args),
+        Command::EchoTcp(mut args) => {
+            args.target = vec![TargetKind::Echo];
+            relay("echo-tcp", &args)
+        }
+        Command::EchoUdp(mut args) => {
+            args.target = vec![TargetKind::EchoUdp];
+            relay("echo-udp", &args)
+        }
+        Command::Handshake(args) => handshake(&args),
+        Command::Idle(args) => idle(&args),
+        Command::Compare { a, b } => {
+            print!("{}", compare(&Report::read(&a)?, &Report::read(&b)?));
+            Ok(())
+        }
+    }
+}
+
+fn commucat_how(args: &ServerArgs) -> Result<CommuCat> {
+    if let Some(addr) = args.server {
+        let hex_key = args
+            .server_key
+            .as_deref()
+            .context("--server needs --server-key")?;
+        let key = hex::decode(hex_key.trim())
+            .ok()
+            .and_then(|k| <[u8; 32]>::try_from(k).ok())
+            .context("--server-key: 64 hex digits")?;
+        return Ok(CommuCat::External {
+            addr,
+            key,
+            pid: args.server_pid,
+        });
+    }
+    if args.in_process {
+        return Ok(CommuCat::InProcess {
+            shards: args.shards,
+        });
+    }
+    Ok(CommuCat::Spawn {
+        binary: args
+            .server_bin
+            .clone()
+            .unwrap_or_else(servers::default_commucat_binary),
+        shards: args.shards,
+    })
+}
+
+fn start(kind: TargetKind, args: &ServerArgs) -> Result<Target> {
+    let target = match kind {
+        TargetKind::Commucat => servers::start_commucat(&commucat_how(args)?)?,
+        TargetKind::Echo => servers::start_echo()?,
+        TargetKind::Nats => servers::start_nats()?,
+        TargetKind::EchoUdp => servers::start_echo_udp()?,
+    };
+    if let Some(cpu) = args.pin_server {
+        target.pin(cpu)?;
+    }
+    Ok(target)
+}
+
+fn new_report(scenario: &str, settings: serde_json::Value) -> Report {
+    Report {
+        scenario: scenario.into(),
+        machine: sys::machine(),
+        commit: sys::git_commit(),
+        started_unix_ms: Clock::unix_ms(),
+        settings,
+        results: Vec::new(),
+    }
+}
+
+fn finish(report: &Report, out: Option<&PathBuf>) -> Result<()> {
+    print!("{}", report.markdown());
+    if let Some(path) = out {
+        report.write(path)?;
+        let plot = path.with_extension("svg");
+        std::fs::write(&plot, report::svg(report))
+            .with_context(|| format!("cannot write {}", plot.display()))?;
+        eprintln!("report: {} and {}", path.display(), plot.display());
+    }
+    Ok(())
+}
+
+fn relay(scenario: &str, args: &RelayArgs) -> Result<()> {
+    if args.duration > DURATION_MAX_S {
+        bail!("--duration is at most {DURATION_MAX_S} s");
+    }
+    if args.target.is_empty() || args.pairs == 0 {
+        bail!("give at least one target and one pair");
+    }
+    let suite = parse_suite(&args.suite)?;
+    let settings = LoadSettings {
+        pairs: args.pairs,
+        threads: args.threads,
+        size: args.size,
+        duration: Duration::from_secs(args.duration),
+        warmup: Duration::from_secs(args.warmup),
+        pin_load: args.server.pin_load,
+        suite: suite.to_byte(),
+    };
+    let mut report = new_report(scenario, serde_json::to_value(args)?);
+    let mut rate = args.rate;
+    if args.half_max {
+        let first = args.target[0];
+        let max = run_one(
+            first,
+            &args.server,
+            &settings,
+            Pace::Closed {
+                window: args.window,
+            },
+        )?;
+        rate = Some((max.received_per_s / 2.0).max(1.0));
+        report.results.push(max);
+    }
+    // A target that fails (for example a server that cuts a receiver off) does not stop the
+    // others: it is reported, and the command fails at the end.
+    let mut failed = Vec::new();
+    for &kind in &args.target {
+        let pace = match (args.max, rate) {
+            (true, _) => Pace::Closed {
+                window: args.window,
+            },
+            (false, Some(rate)) => Pace::Open { rate },
+            (false, None) => Pace::Open { rate: 10_000.0 },
+        };
+        match run_one(kind, &args.server, &settings, pace) {
+            Ok(result) => report.results.push(result),
+            Err(error) => {
+                eprintln!("{}: {error:#}", kind.name());
+                failed.push(format!("{}: {error:#}", kind.name()));
+            }
+        }
+    }
+    if !failed.is_empty() {
+        report.settings["failed"] = serde_json::json!(failed);
+    }
+    finish(&report, args.server.out.as_ref())?;
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        bail!("{} target(s) failed: {}", failed.len(), failed.join("; "))
+    }
+}
+
+fn run_one(
+    kind: TargetKind,
+    server: &ServerArgs,
+    settings: &LoadSettings,
+    pace: Pace,
+) -> Result<RunResult> {
+    let target = start(kind, server)?;
+    let result = load::run_load(kind, &target, settings, pace);
+    target.stop();
+    result
+}
+
+fn handshake(args: &HandshakeArgs) -> Result<()> {
+    if args.duration > DURATION_MAX_S {
+        bail!("--duration is at most {DURATION_MAX_S} s");
+    }
+    let mut report = new_report("handshake", serde_json::to_value(args)?);
+    for name in &args.suites {
+        let suite = parse_suite(name)?;
+        let target = start(TargetKind::Commucat, &args.server)?;
+        let result = load::run_handshakes(
+            &target,
+            suite,
+            args.threads,
+            Duration::from_secs(args.duration),
+            args.server.pin_load,
+        );
+        target.stop();
+        let mut result = result?;
+        result.target = format!("commucat {name}");
+        report.results.push(result);
+    }
+    finish(&report, args.server.out.as_ref())
+}
+
+fn idle(args: &IdleArgs) -> Result<()> {
+    if args.sessions > IDLE_SESSIONS_MAX {
+        bail!(
+            "--sessions is at most {IDLE_SESSIONS_MAX}: the file limit is 20 000 per process \
+             and both bench and the server hold one descriptor per session"
+        );
+    }
+    let suite = parse_suite(&args.suite)?;
+    let mut report = new_report("idle", serde_json::to_value(args)?);
+    let target = start(TargetKind::Commucat, &args.server)?;
+    // Let the server settle before the first memory reading.
+    std::thread::sleep(Duration::from_millis(500));
+    let result = load::run_idle(&target, args.sessions, suite);
+    target.stop();
+    let result = result?;
+    println!(
+        "idle sessions: {}, server VmRSS {} → {} KiB, {:.2} KiB per session",
+        args.sessions,
+        result.extra["rss_before_kib"],
+        result.extra["rss_after_kib"],
+        result.extra["rss_per_session_kib"].as_f64().unwrap_or(0.0)
+    );
+    report.results.push(result);
+    if let Some(path) = &args.server.out {
+        report.write(path)?;
+    }
+    Ok(())
+}

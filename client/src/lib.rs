@@ -1,0 +1,38 @@
+//! The CommuCat client library: the client side of CCP-2 on the same sans-IO core as the
+//! server (`dp-noise`'s [`dp_noise::Initiator`] and [`dp_noise::StreamSession`], `dp-proto`'s
+//! frames and [`dp_proto::FrameAssembler`]).
+//!
+//! - [`Connection`]: the protocol as a state machine with no I/O and no clock — the Noise
+//!   handshake (XK or IK, classic or hybrid, ChaChaPoly or AESGCM), `Hello`/`Welcome`, `Send`
+//!   with message ids, `Deliver` answered by batched `DeliveryAck`s, client-side deduplication
+//!   by message id ([`Dedup`], bounded), `SendAck` statuses, `Ping`/`Pong`, keepalive and
+//!   `GoAway`.
+//! - [`Client`]: a blocking driver over `std::net::TcpStream` for simple programs and tests.
+//!   Programs with many connections drive [`Connection`] on their own event loop
+//!   ([`Client::into_parts`] hands one over after the handshake).
+//! - [`keyfile`]: the device's private key in a local file with mode 0600.
+//!
+//! Driving rule (str0m's): after any `handle_*` call or command, write out
+//! [`Connection::poll_transmit`] and drain [`Connection::poll_event`] until both are empty,
+//! then wait for input no longer than [`Connection::poll_timeout`].
+//!
+//! The byte-level specification is `docs/PROTOCOL.md`. Accounts, pairing, friends, groups and
+//! end-to-end encryption of envelope bodies come later.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod blocking;
+mod connection;
+mod dedup;
+pub mod keyfile;
+
+pub use blocking::{Client, Clock, Error, OsRng};
+pub use connection::{
+    ClientError, CloseReason, Connection, ConnectionConfig, ConnectionStats, DEDUP_WINDOW_DEFAULT,
+    Delivery, Event, HANDSHAKE_PACKET_LEN_MAX, INBOUND_BYTES_MAX, OUTBOUND_BYTES_MAX,
+    RECORD_LEN_MAX_DEFAULT, State,
+};
+pub use dedup::Dedup;
+pub use dp_core::{ConversationId, DeviceId, MessageId};
+pub use dp_noise::{Cipher, Pattern, StaticKeypair, Suite};
+pub use dp_proto::{ErrorCode, Recipient, SendStatus};
