@@ -146,11 +146,13 @@ pub enum Event {
         /// The server's clock, ms since the Unix epoch.
         server_time_ms: u64,
     },
-    /// The server took responsibility for a sent message.
+    /// The server's answer to a sent message.
     SendAck {
         /// The message.
         message: MessageId,
-        /// Delivered (the recipient acknowledged it) or stored.
+        /// Delivered (the recipient acknowledged it) or stored: the server took
+        /// responsibility for it. `Retry`: it did not (no room on the message's path); send it
+        /// again with the same id after a pause.
         status: SendStatus,
         /// Its per-conversation sequence number, 0 if none.
         seq: u64,

@@ -6,7 +6,7 @@ use super::*;
 use core::net::SocketAddr;
 use dp_core::SeededRng;
 use dp_noise::{Cipher, Pattern};
-use dp_shard::{ConnId, Shard, ShardConfig, ShardId};
+use dp_shard::{ConnId, ControlEvent, ControlRequest, Shard, ShardConfig, ShardEvent, ShardId};
 
 const NOW: Instant = Instant(1_000);
 
@@ -66,7 +66,20 @@ impl Net {
                     moved = true;
                 }
             }
-            while self.shard.poll_event().is_some() {}
+            while let Some(event) = self.shard.poll_event() {
+                // A control with nothing stored: every new session is drained at once.
+                if let ShardEvent::ToControl(ControlRequest::SessionOpened { device, session }) =
+                    event
+                {
+                    let drained = ControlEvent::Drained {
+                        device,
+                        session,
+                        stores: 0,
+                    };
+                    self.shard.handle_control(NOW, drained);
+                    moved = true;
+                }
+            }
             if !moved {
                 return;
             }

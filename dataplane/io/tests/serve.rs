@@ -83,9 +83,13 @@ fn relay_between_every_pair_across_two_shards() {
             let message = send_to(&mut clients[from], target, id, &body);
             let sender = clients[from].device();
             assert_eq!(next(&mut clients[to]), Got::Deliver(message, sender, body));
-            assert_eq!(
-                next(&mut clients[from]),
-                Got::SendAck(message, SendStatus::Delivered)
+            // Delivered, or Stored if it went through storage because `to` had only just
+            // connected (order per recipient, docs/design/0009); delivered either way.
+            let ack = next(&mut clients[from]);
+            assert!(
+                ack == Got::SendAck(message, SendStatus::Delivered)
+                    || ack == Got::SendAck(message, SendStatus::Stored),
+                "{ack:?}"
             );
         }
     }

@@ -14,6 +14,9 @@ pub(crate) const HANDSHAKE_PACKET_LEN_MAX: usize = 2048;
 /// The most envelopes queued to one connection and not yet acknowledged by it; past this the
 /// recipient counts as stuck and is disconnected (its envelopes are stored).
 pub(crate) const INFLIGHT_MAX: usize = 4096;
+/// Written output is dropped from the front of a connection's buffer once it is at least this
+/// long and at least half the buffer.
+const OUTBOUND_COMPACT_MIN: usize = 64 * 1024;
 /// The most spent envelope boxes a shard keeps for reuse.
 pub(crate) const SPARE_ENVELOPES_MAX: usize = 4096;
 /// Bodies with more capacity than this are freed rather than kept (an envelope of up to the
@@ -199,6 +202,13 @@ impl Conn {
         self.outbound_at = (self.outbound_at + n).min(self.outbound.len());
         if self.outbound_at == self.outbound.len() {
             self.outbound.clear();
+            self.outbound_at = 0;
+        } else if self.outbound_at >= OUTBOUND_COMPACT_MIN
+            && self.outbound_at * 2 >= self.outbound.len()
+        {
+            // Under steady back-pressure the buffer never empties: drop the written prefix
+            // once it is at least half, so the buffer stays within twice what is pending.
+            self.outbound.drain(..self.outbound_at);
             self.outbound_at = 0;
         }
     }

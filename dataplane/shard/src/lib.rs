@@ -429,12 +429,23 @@ impl<R: Rng> Shard<R> {
         };
         conn.last_rx = now;
         self.stats.bytes_in += bytes.len() as u64;
-        if conn.inbound.len() + bytes.len() > conn::INBOUND_BYTES_MAX {
-            self.close(id, CloseReason::Protocol(ErrorCode::FRAME_TOO_LARGE));
-            return;
+        // A read may hold many records: take what fits, process it, and go on, so only a
+        // single record larger than the bound is refused.
+        let mut rest = bytes;
+        while !rest.is_empty() {
+            let Some(conn) = self.conns.get_mut(id) else {
+                return;
+            };
+            let room = conn::INBOUND_BYTES_MAX.saturating_sub(conn.inbound.len());
+            if room == 0 {
+                self.close(id, CloseReason::Protocol(ErrorCode::FRAME_TOO_LARGE));
+                return;
+            }
+            let (now_in, later) = rest.split_at(room.min(rest.len()));
+            conn.inbound.extend_from_slice(now_in);
+            rest = later;
+            self.process_inbound(now, id);
         }
-        conn.inbound.extend_from_slice(bytes);
-        self.process_inbound(now, id);
     }
 
     fn process_inbound(&mut self, now: Instant, id: ConnId) {
