@@ -415,12 +415,14 @@ impl Core {
                 Event::Stream(event) => {
                     Self::stream_event(slot, event, at, &mut self.events, &mut self.stats);
                 }
-                Event::HandshakeDataReady | Event::DatagramReceived | Event::DatagramsUnblocked => {}
+                Event::HandshakeDataReady | Event::DatagramReceived | Event::DatagramsUnblocked => {
+                }
             }
         }
         if slot.conn.is_drained() {
             if let Some(when) = slot.timer {
-                self.timers.remove(&(when, slot.id.index, slot.id.generation));
+                self.timers
+                    .remove(&(when, slot.id.index, slot.id.generation));
             }
             if slot.usable() {
                 // Drained without a reported loss: still tell the IO layer exactly once.
@@ -706,8 +708,7 @@ macro_rules! carrier_methods {
                 ecn: Option<EcnCodepoint>,
                 bytes: &[u8],
             ) {
-                self.core
-                    .handle_datagram(now, from, local_ip, ecn, bytes);
+                self.core.handle_datagram(now, from, local_ip, ecn, bytes);
             }
 
             /// Runs every timer due at `now` (loss detection, idle timeouts, close lingers).

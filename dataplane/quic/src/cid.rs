@@ -90,11 +90,7 @@ mod tests {
         let cid = generator.generate_cid();
         assert_eq!(cid.len(), CID_LEN);
         assert!(generator.validate(&cid).is_ok());
-        assert!(
-            ShardCidGenerator::new(3, [7; 32])
-                .validate(&cid)
-                .is_err()
-        );
+        assert!(ShardCidGenerator::new(3, [7; 32]).validate(&cid).is_err());
         // Short header: flags then the id.
         let mut short = vec![0x40];
         short.extend_from_slice(&cid);

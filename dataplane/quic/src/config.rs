@@ -107,7 +107,10 @@ impl QuicConfig {
         if self.idle_timeout.is_zero() || IdleTimeout::try_from(self.idle_timeout).is_err() {
             return bad("idle_timeout");
         }
-        if self.keep_alive.is_some_and(|k| k.is_zero() || k >= self.idle_timeout) {
+        if self
+            .keep_alive
+            .is_some_and(|k| k.is_zero() || k >= self.idle_timeout)
+        {
             return bad("keep_alive");
         }
         if self.gso_segments_max == 0 || self.gso_segments_max > GSO_SEGMENTS_MAX {
@@ -128,11 +131,11 @@ impl QuicConfig {
             .stream_receive_window(VarInt::from_u32(self.stream_receive_window))
             .receive_window(VarInt::from_u32(self.receive_window))
             .send_window(self.send_window)
-            .max_idle_timeout(Some(
-                IdleTimeout::try_from(self.idle_timeout).map_err(|_| Error::Config {
+            .max_idle_timeout(Some(IdleTimeout::try_from(self.idle_timeout).map_err(
+                |_| Error::Config {
                     what: "idle_timeout",
-                })?,
-            ))
+                },
+            )?))
             .keep_alive_interval(if server { None } else { self.keep_alive })
             .datagram_receive_buffer_size(None)
             .datagram_send_buffer_size(0)
@@ -157,7 +160,9 @@ mod tests {
             ("stream_receive_window", |c| c.receive_window = 1),
             ("send_window", |c| c.send_window = 0),
             ("idle_timeout", |c| c.idle_timeout = Duration::ZERO),
-            ("keep_alive", |c| c.keep_alive = Some(Duration::from_secs(600))),
+            ("keep_alive", |c| {
+                c.keep_alive = Some(Duration::from_secs(600))
+            }),
             ("gso_segments_max", |c| c.gso_segments_max = 65),
         ];
         for (what, change) in cases {

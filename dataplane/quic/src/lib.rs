@@ -44,7 +44,9 @@ mod error;
 mod time;
 mod tls;
 
-pub use carrier::{CloseReason, QuicClient, QuicConnId, QuicEvent, QuicServer, QuicStats, Transmit};
+pub use carrier::{
+    CloseReason, QuicClient, QuicConnId, QuicEvent, QuicServer, QuicStats, Transmit,
+};
 pub use cert::Certificate;
 pub use cid::{CID_LEN, cid_shard};
 pub use config::{CloseCode, QuicConfig};

@@ -105,7 +105,10 @@ mod tests {
         let epoch = std::time::Instant::now();
         let base = TimeBase::new(epoch, Duration::from_secs(1_700_000_000));
         let now = Instant(1_234_567_890);
-        assert_eq!(base.to_std(now) - epoch, Duration::from_nanos(1_234_567_890));
+        assert_eq!(
+            base.to_std(now) - epoch,
+            Duration::from_nanos(1_234_567_890)
+        );
         assert_eq!(base.from_std(base.to_std(now)), now);
         assert_eq!(base.from_std(epoch), Instant::ZERO);
         assert_eq!(
