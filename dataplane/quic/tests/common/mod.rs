@@ -221,6 +221,8 @@ pub struct Net {
     pub time: TimeBase,
     pub rng: SeededRng,
     pub delivered: u64,
+    /// Every datagram delivered to the server, in order.
+    pub to_server: Vec<Vec<u8>>,
     buf: Vec<u8>,
 }
 
@@ -242,6 +244,7 @@ impl Net {
             time,
             rng,
             delivered: 0,
+            to_server: Vec::new(),
             buf: Vec::new(),
         }
     }
@@ -303,6 +306,7 @@ impl Net {
         self.delivered += 1;
         let now = self.now;
         if datagram.to == self.server.addr {
+            self.to_server.push(datagram.bytes.clone());
             self.server
                 .carrier
                 .handle_datagram(now, datagram.from, None, None, &datagram.bytes);
