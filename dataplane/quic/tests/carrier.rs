@@ -236,3 +236,37 @@ fn a_run_is_reproducible_from_its_seeds() {
     assert_eq!(first.1, second.1);
     assert_eq!(format!("{:?}", first.2), format!("{:?}", second.2));
 }
+
+#[test]
+fn stream_calls_before_open_and_after_close_are_typed_errors() {
+    use dp_quic::StreamError;
+    let mut net = Net::new(QuicConfig::default());
+    let c = net.add_client();
+    let conn = net.connect(c);
+    // Before the handshake completes the stream does not exist yet.
+    assert_eq!(
+        net.clients[c].carrier.write(conn, b"early"),
+        Err(StreamError::NotOpen)
+    );
+    let mut buf = [0u8; 16];
+    assert_eq!(
+        net.clients[c].carrier.read(conn, &mut buf),
+        Err(StreamError::NotOpen)
+    );
+    net.run();
+    assert_eq!(net.clients[c].carrier.write(conn, b"now"), Ok(3));
+    // After a local close the id is void: reads and writes fail, a second close is harmless.
+    let now = net.now;
+    net.clients[c].carrier.close(now, conn, CloseCode::NO_ERROR);
+    net.clients[c].carrier.close(now, conn, CloseCode::NO_ERROR);
+    assert_eq!(
+        net.clients[c].carrier.read(conn, &mut buf),
+        Err(StreamError::Closed)
+    );
+    net.run_for(Duration::from_secs(10));
+    assert_eq!(net.clients[c].carrier.conns_len(), 0);
+    assert_eq!(
+        net.clients[c].carrier.write(conn, b"x"),
+        Err(StreamError::UnknownConnection)
+    );
+}
