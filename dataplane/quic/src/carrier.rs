@@ -15,7 +15,7 @@ use quinn_proto::{
     Endpoint, EndpointConfig, Event, Incoming, ReadError, ReadableError, ServerConfig, StreamEvent,
     StreamId, ValidationTokenConfig, WriteError,
 };
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::{Arc, Mutex};
 
 /// Stateless answers (version negotiation, retry, refusal, reset) queued at most; more are
@@ -99,6 +99,8 @@ impl CloseReason {
                 Self::PeerTransport(u64::from(close.error_code))
             }
             ConnectionError::Reset => Self::Reset,
+            // quinn reports no loss for a local close, and the carrier reports none either; a
+            // `LocallyClosed` here would be a connection quinn closed on its own, by timer.
             ConnectionError::TimedOut | ConnectionError::LocallyClosed => Self::TimedOut,
             ConnectionError::VersionMismatch => Self::VersionMismatch,
             ConnectionError::CidsExhausted => Self::CidsExhausted,
@@ -145,7 +147,8 @@ pub struct QuicStats {
     pub responses_dropped: u64,
     /// Connections accepted (server) or started (client).
     pub conns_accepted: u64,
-    /// Connections refused at [`QuicConfig::conns_max`].
+    /// Connections refused at [`QuicConfig::conns_max`] or
+    /// [`QuicConfig::conns_per_source_max`].
     pub conns_refused: u64,
     /// Connection attempts that failed before a connection existed.
     pub conns_failed: u64,
@@ -167,6 +170,8 @@ struct Slot {
     id: QuicConnId,
     conn: Connection,
     peer: SocketAddr,
+    /// The per-source key this server connection counts against.
+    source: Option<IpAddr>,
     stream: Option<StreamId>,
     /// In the send queue.
     queued: bool,
@@ -194,6 +199,8 @@ struct Core {
     now_last: Instant,
     slots: Vec<Option<Box<Slot>>>,
     live: usize,
+    /// Server connections per source key.
+    sources: BTreeMap<IpAddr, u32>,
     generation: u32,
     events: VecDeque<QuicEvent>,
     responses: VecDeque<(Transmit, Vec<u8>)>,
@@ -203,6 +210,18 @@ struct Core {
     due: Vec<(u32, u32)>,
     scratch: Vec<u8>,
     stats: QuicStats,
+}
+
+/// The key that per-source limits count by: the IPv4 address, or the IPv6 /64 (as the shard's).
+fn source_key(peer: SocketAddr) -> IpAddr {
+    match peer.ip() {
+        IpAddr::V6(ip) => {
+            let mut octets = ip.octets();
+            octets[8..].fill(0);
+            IpAddr::V6(octets.into())
+        }
+        v4 => v4,
+    }
 }
 
 /// Seeds drawn from the caller's generator for everything quinn would otherwise take from the
@@ -240,6 +259,7 @@ impl Core {
             now_last: Instant::ZERO,
             slots: Vec::new(),
             live: 0,
+            sources: BTreeMap::new(),
             generation: 0,
             events: VecDeque::new(),
             responses: VecDeque::new(),
@@ -317,7 +337,9 @@ impl Core {
             return;
         }
         self.scratch.clear();
-        if self.live >= self.config.conns_max {
+        let source = source_key(incoming.remote_address());
+        let from_source = self.sources.get(&source).copied().unwrap_or(0);
+        if self.live >= self.config.conns_max || from_source >= self.config.conns_per_source_max {
             let transmit = self.endpoint.refuse(incoming, &mut self.scratch);
             self.queue_response(&transmit);
             self.stats.conns_refused += 1;
@@ -337,7 +359,8 @@ impl Core {
         match self.endpoint.accept(incoming, at, &mut self.scratch, None) {
             Ok((handle, conn)) => {
                 self.stats.conns_accepted += 1;
-                self.insert(now, handle, conn);
+                *self.sources.entry(source).or_insert(0) += 1;
+                self.insert(now, handle, conn, Some(source));
             }
             Err(error) => {
                 self.stats.conns_failed += 1;
@@ -348,7 +371,13 @@ impl Core {
         }
     }
 
-    fn insert(&mut self, now: Instant, handle: ConnectionHandle, conn: Connection) -> QuicConnId {
+    fn insert(
+        &mut self,
+        now: Instant,
+        handle: ConnectionHandle,
+        conn: Connection,
+        source: Option<IpAddr>,
+    ) -> QuicConnId {
         let index = handle.0;
         if self.slots.len() <= index {
             self.slots.resize_with(index + 1, || None);
@@ -364,6 +393,7 @@ impl Core {
             id,
             conn,
             peer,
+            source,
             stream: None,
             queued: false,
             timer: None,
@@ -431,6 +461,14 @@ impl Core {
                     conn: slot.id,
                     reason: CloseReason::TimedOut,
                 });
+            }
+            if let Some(source) = slot.source
+                && let Some(count) = self.sources.get_mut(&source)
+            {
+                *count -= 1;
+                if *count == 0 {
+                    self.sources.remove(&source);
+                }
             }
             self.slots[index] = None;
             self.live -= 1;
@@ -682,7 +720,7 @@ impl Core {
                 _ => Error::InvalidAddress,
             })?;
         self.stats.conns_accepted += 1;
-        Ok(self.insert(now, handle, conn))
+        Ok(self.insert(now, handle, conn, None))
     }
 
     fn debug(&self, name: &str, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {

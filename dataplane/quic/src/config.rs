@@ -42,6 +42,10 @@ pub struct QuicConfig {
     /// The most connections a server holds (established and handshaking); beyond it a new
     /// connection is refused with QUIC's `CONNECTION_REFUSED`.
     pub conns_max: usize,
+    /// The most connections a server holds from one source: one IPv4 address or one IPv6 /64
+    /// (the port is not part of the key). Checked before any TLS work, so one address cannot
+    /// fill the table with handshakes; the shard applies its own cap on top.
+    pub conns_per_source_max: u32,
     /// The most connection attempts a server buffers before it decides to accept them.
     pub incoming_max: usize,
     /// Bytes a peer may send on the stream beyond what the application has read.
@@ -71,6 +75,7 @@ impl Default for QuicConfig {
     fn default() -> Self {
         Self {
             conns_max: 1 << 16,
+            conns_per_source_max: 4096,
             incoming_max: 1 << 12,
             stream_receive_window: 1 << 20,
             receive_window: 1 << 21,
@@ -94,6 +99,9 @@ impl QuicConfig {
         let bad = |what| Err(Error::Config { what });
         if self.conns_max == 0 {
             return bad("conns_max");
+        }
+        if self.conns_per_source_max == 0 {
+            return bad("conns_per_source_max");
         }
         if self.incoming_max == 0 {
             return bad("incoming_max");
@@ -155,8 +163,9 @@ mod tests {
     fn defaults_pass_and_each_bound_is_checked() {
         assert!(QuicConfig::default().check().is_ok());
         type Change = fn(&mut QuicConfig);
-        let cases: [(&str, Change); 6] = [
+        let cases: [(&str, Change); 7] = [
             ("conns_max", |c| c.conns_max = 0),
+            ("conns_per_source_max", |c| c.conns_per_source_max = 0),
             ("stream_receive_window", |c| c.receive_window = 1),
             ("send_window", |c| c.send_window = 0),
             ("idle_timeout", |c| c.idle_timeout = Duration::ZERO),

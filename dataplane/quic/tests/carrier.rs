@@ -270,3 +270,40 @@ fn stream_calls_before_open_and_after_close_are_typed_errors() {
         Err(StreamError::UnknownConnection)
     );
 }
+
+#[test]
+fn connections_are_capped_per_source_address_not_per_port() {
+    let config = QuicConfig {
+        conns_per_source_max: 1,
+        ..QuicConfig::default()
+    };
+    let mut net = Net::new(config);
+    let a = net.add_client();
+    let same_address = net.add_client();
+    let elsewhere = net.add_client_at("203.0.113.9:7000".parse().unwrap());
+    let conns: Vec<_> = [a, same_address, elsewhere]
+        .into_iter()
+        .map(|c| {
+            let conn = net.connect(c);
+            net.run();
+            conn
+        })
+        .collect();
+    assert_eq!(net.clients[a].opened(), vec![conns[0]]);
+    assert_eq!(
+        net.clients[same_address].closed(conns[1]),
+        Some(CloseReason::PeerTransport(0x2))
+    );
+    assert_eq!(net.clients[elsewhere].opened(), vec![conns[2]]);
+    assert_eq!(net.server.carrier.stats().conns_refused, 1);
+    // When the first connection is gone, its address may connect again.
+    let now = net.now;
+    net.clients[a]
+        .carrier
+        .close(now, conns[0], CloseCode::NO_ERROR);
+    net.run_for(Duration::from_secs(10));
+    assert_eq!(net.server.carrier.conns_len(), 1);
+    let again = net.connect(same_address);
+    net.run();
+    assert_eq!(net.clients[same_address].opened(), vec![again]);
+}

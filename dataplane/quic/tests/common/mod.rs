@@ -250,11 +250,14 @@ impl Net {
     }
 
     pub fn add_client(&mut self) -> usize {
+        let port = 5000 + self.clients.len() as u16;
+        self.add_client_at(SocketAddr::new([198, 51, 100, 7].into(), port))
+    }
+
+    pub fn add_client_at(&mut self, addr: SocketAddr) -> usize {
         let client = QuicClient::new(self.config, self.time, &mut self.rng).unwrap();
-        let index = self.clients.len();
-        let addr = SocketAddr::new([198, 51, 100, 7].into(), 5000 + index as u16);
         self.clients.push(Host::new(client, addr));
-        index
+        self.clients.len() - 1
     }
 
     /// Client `c` connects and the handshake runs until its stream is open; returns the
