@@ -10,7 +10,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
 
 /// Crates that must perform no I/O, read no clock and draw no OS randomness themselves.
-const SANS_IO: &[&str] = &["dp-core", "dp-proto", "dp-noise", "dp-link", "dp-shard"];
+const SANS_IO: &[&str] = &[
+    "dp-core", "dp-proto", "dp-noise", "dp-link", "dp-quic", "dp-shard",
+];
 /// Runtime, socket and event-loop crates: banned anywhere below a sans-IO crate.
 const BANNED_ANYWHERE: &[&str] = &[
     "tokio",
@@ -29,10 +31,14 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("dp-proto", &["dp-core"]),
     ("dp-noise", &["dp-core", "dp-proto"]),
     ("dp-link", &["dp-core", "dp-proto"]),
+    // Beside dp-noise: a carrier of bytes that knows nothing of Noise, frames or shards.
+    ("dp-quic", &["dp-core"]),
     ("dp-shard", &["dp-core", "dp-proto", "dp-noise", "dp-link"]),
     (
         "dp-io",
-        &["dp-core", "dp-proto", "dp-noise", "dp-link", "dp-shard"],
+        &[
+            "dp-core", "dp-proto", "dp-noise", "dp-link", "dp-quic", "dp-shard",
+        ],
     ),
 ];
 
