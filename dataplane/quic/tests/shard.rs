@@ -303,6 +303,15 @@ impl World {
                 self.shards[usize::from(origin.shard.0)]
                     .handle_control(now, ControlEvent::Stored { origin, message });
             }
+            ShardEvent::ToControl(ControlRequest::SessionOpened { device, session }) => {
+                // Nothing was stored for it before: live delivery may start.
+                let drained = ControlEvent::Drained {
+                    device,
+                    session,
+                    stores: 0,
+                };
+                self.shards[s].handle_control(now, drained);
+            }
             ShardEvent::ToControl(_) => {}
         }
     }
