@@ -1,13 +1,62 @@
 //! The mesh of links: every shard to every other shard, every shard to control and back. Each
 //! direction is a `dp-link` ring; credits for a direction flow back on the opposite one.
 
+use atomic_waker::AtomicWaker;
+use core::task::Waker;
 use dp_link::{LinkConfig, LinkReceiver, LinkSender, link};
 use dp_shard::{ControlEvent, ControlRequest, HandOff, ShardMessage};
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
-/// The token of every thread's waker.
+/// The token of every epoll thread's waker.
 pub(crate) const WAKER: mio::Token = mio::Token(usize::MAX);
+
+/// How a sleeping link owner is woken: rung once per flush that finds it parked.
+#[derive(Clone, Debug)]
+pub(crate) enum Doorbell {
+    /// An epoll thread: its `mio::Waker` (an eventfd write).
+    Mio(Arc<mio::Waker>),
+    /// A glommio executor: the waker of its main task. Waking it from another thread goes
+    /// through glommio's cross-executor notification (an eventfd the sleeping executor's
+    /// io_uring waits on), and only when that executor sleeps.
+    Task(Arc<TaskBell>),
+}
+
+impl Doorbell {
+    pub(crate) fn ring(&self) {
+        match self {
+            Self::Mio(waker) => {
+                let _ = waker.wake();
+            }
+            Self::Task(bell) => bell.ring(),
+        }
+    }
+}
+
+/// The doorbell of a task: a flag and the task's waker.
+#[derive(Debug, Default)]
+pub(crate) struct TaskBell {
+    rung: AtomicBool,
+    waker: AtomicWaker,
+}
+
+impl TaskBell {
+    pub(crate) fn ring(&self) {
+        self.rung.store(true, Ordering::Release);
+        self.waker.wake();
+    }
+
+    /// Registers the task to wake; call before [`TaskBell::take`] so no ring is missed.
+    pub(crate) fn register(&self, waker: &Waker) {
+        self.waker.register(waker);
+    }
+
+    /// Whether the bell rang since last asked.
+    pub(crate) fn take(&self) -> bool {
+        self.rung.swap(false, Ordering::AcqRel)
+    }
+}
 /// Must-deliver messages one direction may have outstanding.
 const CREDITS: u32 = 4096;
 /// Ring room for credit returns.
@@ -21,7 +70,7 @@ pub(crate) const BACKLOG_MAX: usize = 1 << 16;
 pub(crate) enum PeerMsg {
     Message(ShardMessage),
     /// A connection moving to its home shard, with its socket.
-    HandOff(Box<HandOff>, mio::net::TcpStream),
+    HandOff(Box<HandOff>, std::net::TcpStream),
 }
 
 /// What travels in a ring: an item (spending a credit) or returned credits.
@@ -36,13 +85,13 @@ pub(crate) struct Outbox<T> {
     backlog: VecDeque<T>,
     /// Credits to return to the peer for items taken from it.
     owed: u32,
-    waker: Arc<mio::Waker>,
+    waker: Doorbell,
     /// Items shed because the backlog was full.
     pub(crate) shed: u64,
 }
 
 impl<T> Outbox<T> {
-    fn new(mut tx: LinkSender<Tagged<T>>, waker: Arc<mio::Waker>) -> Self {
+    fn new(mut tx: LinkSender<Tagged<T>>, waker: Doorbell) -> Self {
         tx.grant(CREDITS);
         Self {
             tx,
@@ -57,7 +106,7 @@ impl<T> Outbox<T> {
     pub(crate) fn send(&mut self, item: T) {
         if self.backlog.is_empty() && self.tx.credits() > 0 {
             if let Ok(true) = self.tx.send_credited(Tagged::Item(item)) {
-                let _ = self.waker.wake();
+                self.waker.ring();
             }
         } else if self.backlog.len() < BACKLOG_MAX {
             self.backlog.push_back(item);
@@ -79,7 +128,7 @@ impl<T> Outbox<T> {
             self.owed = 0;
         }
         if self.tx.flush() {
-            let _ = self.waker.wake();
+            self.waker.ring();
         }
     }
 }
@@ -113,12 +162,12 @@ impl<T> Inbox<T> {
     }
 }
 
-fn pair<T>(waker: &Arc<mio::Waker>) -> (Outbox<T>, Inbox<T>) {
+fn pair<T>(waker: &Doorbell) -> (Outbox<T>, Inbox<T>) {
     // The sizes are constants well inside the link's limits.
     #[allow(clippy::expect_used)]
     let config = LinkConfig::new(CREDITS, BEST_EFFORT_SLOTS, BATCH).expect("valid link sizes");
     let (tx, rx) = link(config);
-    (Outbox::new(tx, Arc::clone(waker)), Inbox { rx })
+    (Outbox::new(tx, waker.clone()), Inbox { rx })
 }
 
 /// One shard's ends of the mesh.
@@ -144,7 +193,7 @@ pub(crate) struct Mesh {
 
 impl Mesh {
     /// `wakers[0]` is control's, `wakers[1 + i]` shard `i`'s.
-    pub(crate) fn new(shards: usize, wakers: &[Arc<mio::Waker>]) -> Self {
+    pub(crate) fn new(shards: usize, wakers: &[Doorbell]) -> Self {
         let mut to: Vec<Vec<Option<Outbox<PeerMsg>>>> = (0..shards)
             .map(|_| (0..shards).map(|_| None).collect())
             .collect();

@@ -34,6 +34,25 @@ pub(crate) fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
     Ok(TcpListener::from_std(socket.into()))
 }
 
+/// Shard `index` of the server, configured and told the wall-clock time.
+pub(crate) fn new_shard(
+    index: usize,
+    config: &ServerConfig,
+    routing_key: u64,
+    clock: Clock,
+) -> io::Result<Shard<OsRng>> {
+    let id = ShardId(u16::try_from(index).unwrap_or(u16::MAX));
+    let mut shard_config = ShardConfig::new(id, config.shards, routing_key)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "shard out of range"))?;
+    shard_config.idle_timeout = config.idle_timeout;
+    shard_config.outbound_bytes_max = config.outbound_bytes_max;
+    shard_config.conns_per_source_max = config.conns_per_source_max;
+    let now = clock.now();
+    let mut shard = Shard::new(now, shard_config, config.key.clone(), OsRng);
+    shard.handle_wall_clock(now, Clock::unix_ms());
+    Ok(shard)
+}
+
 struct Socket {
     stream: TcpStream,
     token: Token,
@@ -68,17 +87,9 @@ impl ShardThread {
         links: ShardLinks,
         stop: Arc<AtomicBool>,
     ) -> io::Result<Self> {
-        let id = ShardId(u16::try_from(index).unwrap_or(u16::MAX));
-        let mut shard_config = ShardConfig::new(id, config.shards, routing_key)
-            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "shard out of range"))?;
-        shard_config.idle_timeout = config.idle_timeout;
-        shard_config.outbound_bytes_max = config.outbound_bytes_max;
-        shard_config.conns_per_source_max = config.conns_per_source_max;
+        let shard = new_shard(index, config, routing_key, clock)?;
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
-        let now = clock.now();
-        let mut shard = Shard::new(now, shard_config, config.key.clone(), OsRng);
-        shard.handle_wall_clock(now, Clock::unix_ms());
         Ok(Self {
             index,
             shard,
@@ -292,7 +303,10 @@ impl ShardThread {
         for (handoff, stream) in handoffs {
             match self.shard.adopt(now, *handoff) {
                 Some(id) => {
-                    if self.register(id, stream).is_err() {
+                    let stream = stream
+                        .set_nonblocking(true)
+                        .map(|()| TcpStream::from_std(stream));
+                    if stream.and_then(|stream| self.register(id, stream)).is_err() {
                         self.shard.handle_closed(id);
                     }
                 }
@@ -320,7 +334,7 @@ impl ShardThread {
                         .get_mut(usize::from(to.0))
                         .and_then(Option::as_mut);
                     if let (Some(stream), Some(handoff), Some(target)) = (stream, handoff, target) {
-                        target.send(PeerMsg::HandOff(handoff, stream));
+                        target.send(PeerMsg::HandOff(handoff, stream.into()));
                     }
                 }
                 ShardEvent::ToShard { to, message } => {
