@@ -137,8 +137,9 @@ const ENOMEM: i32 = 12;
 
 /// Sets up a small io_uring and drops it: `Ok` if the io_uring backend can run here.
 pub fn probe_uring() -> Result<(), UringUnavailable> {
-    if !is_root()
-        && let Some(limit) = memlock_limit()
+    // glommio refuses to build an executor below this limit, even for root (whose rings the
+    // kernel itself would not count against it).
+    if let Some(limit) = memlock_limit()
         && limit < MEMLOCK_NEEDED
     {
         return Err(UringUnavailable::MemlockTooLow {
@@ -186,7 +187,7 @@ fn sysctl_disabled() -> Option<u8> {
 }
 
 /// The soft `RLIMIT_MEMLOCK` in bytes (`None`: unlimited or unknown).
-fn memlock_limit() -> Option<u64> {
+pub(crate) fn memlock_limit() -> Option<u64> {
     let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
     let line = limits
         .lines()

@@ -170,7 +170,17 @@ impl Server {
             },
         };
         let mut server = match backend {
-            Backend::Uring => Self::start_uring(&config)?,
+            Backend::Uring => match Self::start_uring(&config) {
+                Ok(server) => server,
+                // The probe passed but an executor could not be built: auto still falls back.
+                Err(StartError::Uring(reason)) if config.backend == Backend::Auto => {
+                    eprintln!("io_uring executors failed, running on epoll: {reason}");
+                    let mut server = Self::start_epoll(&config)?;
+                    server.fallback = Some(reason);
+                    return Ok(server);
+                }
+                Err(error) => return Err(error),
+            },
             _ => Self::start_epoll(&config)?,
         };
         server.fallback = fallback;

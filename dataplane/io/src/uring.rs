@@ -164,9 +164,9 @@ impl UringShard {
 
 fn executor_error(error: &glommio::GlommioError<()>) -> UringUnavailable {
     let message = error.to_string();
-    if message.contains("memlock") {
+    if message.to_ascii_lowercase().contains("memlock") {
         return UringUnavailable::MemlockTooLow {
-            limit: 0,
+            limit: crate::backend::memlock_limit().unwrap_or(0),
             needed: crate::backend::MEMLOCK_NEEDED,
         };
     }
