@@ -1,9 +1,13 @@
 //! A first relay measurement, until the `bench` tool exists: one server shard relays 1 KiB
 //! envelopes between pairs of devices over loopback, each sender keeping a window of envelopes
-//! in flight; beside it, in the same run, a plain TCP echo of the same bytes on the same
-//! machine (the kernel's limit). Prints messages per second for both and the ratio.
+//! in flight (closed loop). The server runs in a child process pinned with `taskset` to
+//! `server_cpu`, once on each backend (epoll, then io_uring), and its CPU time (utime + stime
+//! of the whole process, from `/proc/PID/stat`) is read over the measured interval. Beside
+//! them, in the same run, a plain TCP echo of the same bytes (the kernel's limit). Prints
+//! messages per second, server CPU time per message, and the ratios.
 //!
-//! `cargo run --release -p dp-io --example relay_load -- [pairs] [seconds] [window]`
+//! `taskset -c 0 cargo run --release -p dp-io --example relay_load -- [pairs] [seconds]
+//! [window] [server_cpu]` (the load on core 0, the server on `server_cpu`, default 1).
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -22,8 +26,9 @@ use dp_proto::{
     Capabilities, DeliveryAck, Frame, FrameAssembler, Hello, MessageIds, Recipient, SendFrame,
     Versions,
 };
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
@@ -118,7 +123,12 @@ impl Conn {
     /// Reads what is available and calls `f` for every frame kind: (is_ack, is_deliver, id).
     fn read(&mut self, mut f: impl FnMut(bool, Option<MessageId>)) {
         let mut buf = [0u8; 65536];
-        let n = self.stream.read(&mut buf).unwrap();
+        let n = loop {
+            match self.stream.read(&mut buf) {
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                read => break read.unwrap(),
+            }
+        };
         assert!(n > 0, "server closed");
         self.rx.extend_from_slice(&buf[..n]);
         let mut at = 0;
@@ -138,13 +148,85 @@ impl Conn {
     }
 }
 
-fn relay(pairs: usize, seconds: u64, window: usize) -> f64 {
+/// Child mode: one shard on `backend`; prints `listening ADDR KEY`, serves until stdin closes.
+fn serve(backend: &str) {
     let mut rng = SeededRng::new(1);
     let key = StaticKeypair::generate(&mut rng);
     let mut config = ServerConfig::new("127.0.0.1:0".parse().unwrap(), key.clone());
     config.shards = 1;
+    config.backend = backend.parse().unwrap();
     let server = Server::start(config).unwrap();
-    let addr = server.local_addr();
+    assert_eq!(
+        server.backend().name(),
+        backend,
+        "runs on the backend asked for"
+    );
+    println!(
+        "listening {} {}",
+        server.local_addr(),
+        hex::encode(key.public())
+    );
+    std::io::stdout().flush().unwrap();
+    let mut rest = String::new();
+    let _ = std::io::stdin().read_to_string(&mut rest);
+    server.shutdown();
+}
+
+/// Starts the server child pinned to `cpu`; returns it, its address and its public key.
+fn spawn_server(backend: &str, cpu: usize) -> (Child, SocketAddr, [u8; 32]) {
+    let mut child = Command::new("taskset")
+        .args(["-c", &cpu.to_string()])
+        .arg(std::env::current_exe().unwrap())
+        .args(["--serve", backend])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("taskset and the example binary run");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let mut words = line.split_whitespace().skip(1);
+    let addr = words
+        .next()
+        .expect("the server says where")
+        .parse()
+        .unwrap();
+    let key = hex::decode(words.next().unwrap())
+        .unwrap()
+        .try_into()
+        .unwrap();
+    (child, addr, key)
+}
+
+/// utime + stime of process `pid`, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name (which may hold spaces) start at field 3.
+    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..]
+        .split_whitespace()
+        .collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+fn clock_ticks_per_second() -> u64 {
+    let out = Command::new("getconf").arg("CLK_TCK").output().unwrap();
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+struct Measured {
+    rate: f64,
+    /// Server CPU time per relayed message, microseconds.
+    cpu_us_per_msg: f64,
+}
+
+fn relay(backend: &str, server_cpu: usize, pairs: usize, seconds: u64, window: usize) -> Measured {
+    let (mut child, addr, server_key) = spawn_server(backend, server_cpu);
+    let mut rng = SeededRng::new(2);
     let stop = Arc::new(AtomicBool::new(false));
     let delivered = Arc::new(AtomicU64::new(0));
     let mut threads = Vec::new();
@@ -152,7 +234,6 @@ fn relay(pairs: usize, seconds: u64, window: usize) -> f64 {
         let sender_key = StaticKeypair::generate(&mut rng);
         let recipient_key = StaticKeypair::generate(&mut rng);
         let recipient_id: DeviceId = dp_noise::device_id(recipient_key.public());
-        let server_key = *key.public();
         let (stop_r, delivered_r) = (Arc::clone(&stop), Arc::clone(&delivered));
         let mut recipient = Conn::connect(addr, server_key, &recipient_key, 100 + pair as u64);
         recipient
@@ -219,16 +300,23 @@ fn relay(pairs: usize, seconds: u64, window: usize) -> f64 {
     // Warm up, then measure.
     std::thread::sleep(Duration::from_secs(1));
     let start = delivered.load(Ordering::Relaxed);
+    let ticks_start = cpu_ticks(child.id());
     let t0 = std::time::Instant::now();
     std::thread::sleep(Duration::from_secs(seconds));
     let count = delivered.load(Ordering::Relaxed) - start;
-    let rate = count as f64 / t0.elapsed().as_secs_f64();
+    let ticks = cpu_ticks(child.id()) - ticks_start;
+    let elapsed = t0.elapsed().as_secs_f64();
     stop.store(true, Ordering::Relaxed);
-    server.shutdown();
+    drop(child.stdin.take());
+    child.wait().unwrap();
     for t in threads {
         let _ = t.join();
     }
-    rate
+    let cpu_s = ticks as f64 / clock_ticks_per_second() as f64;
+    Measured {
+        rate: count as f64 / elapsed,
+        cpu_us_per_msg: cpu_s * 1e6 / count.max(1) as f64,
+    }
 }
 
 /// The same bytes through a plain TCP echo: a record-sized write, read back.
@@ -287,17 +375,47 @@ fn echo(pairs: usize, seconds: u64, window: usize) -> f64 {
 }
 
 fn main() {
-    let args: Vec<usize> = std::env::args()
-        .skip(1)
-        .map(|a| a.parse().unwrap())
-        .collect();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("--serve") {
+        serve(&args[1]);
+        return;
+    }
+    let args: Vec<usize> = args.iter().map(|a| a.parse().unwrap()).collect();
     let pairs = args.first().copied().unwrap_or(4);
     let seconds = args.get(1).copied().unwrap_or(5) as u64;
     let window = args.get(2).copied().unwrap_or(64);
-    println!("pairs {pairs}, window {window}, {seconds} s, body {BODY} B, one server shard");
-    let relayed = relay(pairs, seconds, window);
+    let server_cpu = args.get(3).copied().unwrap_or(1);
+    println!(
+        "pairs {pairs}, window {window}, {seconds} s, body {BODY} B, one server shard on cpu \
+         {server_cpu}"
+    );
+    if let Ok(backend) = std::env::var("RELAY_ONLY") {
+        let m = relay(&backend, server_cpu, pairs, seconds, window);
+        println!(
+            "relay {backend}: {:.0} msg/s, {:.2} us/msg",
+            m.rate, m.cpu_us_per_msg
+        );
+        return;
+    }
+    let epoll = relay("epoll", server_cpu, pairs, seconds, window);
+    let uring = relay("uring", server_cpu, pairs, seconds, window);
     let echoed = echo(pairs, seconds, window);
-    println!("relay: {relayed:.0} msg/s (encrypted, acknowledged end to end)");
-    println!("echo:  {echoed:.0} msg/s (plain TCP echo of the same sizes)");
-    println!("ratio relay/echo: {:.2}", relayed / echoed);
+    for (name, m) in [("epoll", &epoll), ("uring", &uring)] {
+        println!(
+            "relay {name}: {:.0} msg/s, server CPU {:.2} us/msg (encrypted, acknowledged end \
+             to end)",
+            m.rate, m.cpu_us_per_msg
+        );
+    }
+    println!("echo:        {echoed:.0} msg/s (plain TCP echo of the same sizes, in-process)");
+    println!("ratio uring/epoll: {:.2} msg/s", uring.rate / epoll.rate);
+    println!(
+        "ratio uring/epoll: {:.2} CPU per message",
+        uring.cpu_us_per_msg / epoll.cpu_us_per_msg
+    );
+    println!(
+        "ratio relay/echo: epoll {:.2}, uring {:.2}",
+        epoll.rate / echoed,
+        uring.rate / echoed
+    );
 }

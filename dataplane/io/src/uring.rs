@@ -51,8 +51,11 @@ const IDLE_MAX: Duration = Duration::from_millis(250);
 const RING_DEPTH: usize = 1024;
 /// Registered IO memory for a non-root process, whose rings count against `RLIMIT_MEMLOCK`.
 const IO_MEMORY_UNPRIVILEGED: usize = 512 * 1024;
-/// How often a busy executor stops running tasks to reap io_uring completions.
-const PREEMPT: Duration = Duration::from_millis(1);
+/// How long the main task steps aside when its links still hold work: long enough that the
+/// executor runs out of tasks and reaps io_uring completions (the sockets' readiness), as
+/// `epoll_wait` with a zero timeout does in the epoll backend. A plain yield would not: glommio
+/// reaps completions only when no task is runnable or its preemption timer fires (100 ms).
+const BUSY_PAUSE: Duration = Duration::from_micros(10);
 
 /// One shard before its executor starts.
 pub(crate) struct UringShard {
@@ -105,8 +108,7 @@ impl UringShard {
                 let placement = cpu.map_or(Placement::Unbound, Placement::Fixed);
                 let mut builder = LocalExecutorBuilder::new(placement)
                     .name(&name)
-                    .ring_depth(RING_DEPTH)
-                    .preempt_timer(PREEMPT);
+                    .ring_depth(RING_DEPTH);
                 if !is_root() {
                     builder = builder.io_memory(IO_MEMORY_UNPRIVILEGED);
                 }
@@ -216,11 +218,7 @@ async fn main_loop(driver: &Rc<RefCell<Driver>>, bell: &TaskBell, stop: &AtomicB
         for id in adopted {
             glommio::spawn_local(conn_task(Rc::clone(driver), id)).detach();
         }
-        let Some(timeout) = sleep else {
-            futures_lite::future::yield_now().await;
-            continue;
-        };
-        timer.reset(timeout);
+        timer.reset(sleep.unwrap_or(BUSY_PAUSE));
         core::future::poll_fn(|cx| {
             bell.register(cx.waker());
             {
