@@ -147,13 +147,18 @@ pub fn probe_uring() -> Result<(), UringUnavailable> {
             needed: MEMLOCK_NEEDED,
         });
     }
-    match io_uring::IoUring::new(8) {
-        Ok(ring) => {
-            drop(ring);
-            Ok(())
-        }
-        Err(error) => Err(classify(&error, sysctl_disabled(), memlock_limit())),
-    }
+    // On a thread of its own: the kernel tears a ring down asynchronously and may signal its
+    // creator with task work, which would interrupt a blocking call of the caller (EINTR).
+    let setup = std::thread::Builder::new()
+        .name("commucat-uring-probe".into())
+        .spawn(|| io_uring::IoUring::new(8).map(drop))
+        .map_err(|error| UringUnavailable::Other {
+            errno: error.raw_os_error(),
+            message: format!("cannot start the probe thread: {error}"),
+        })?
+        .join()
+        .unwrap_or_else(|_| Err(io::Error::other("the probe thread panicked")));
+    setup.map_err(|error| classify(&error, sysctl_disabled(), memlock_limit()))
 }
 
 /// The cause of a failed `io_uring_setup`, given the sysctl and the memlock limit.
@@ -197,17 +202,6 @@ pub(crate) fn memlock_limit() -> Option<u64> {
         .next()?
         .parse()
         .ok()
-}
-
-/// Whether the process runs with effective uid 0 (which io_uring exempts from memlock).
-pub(crate) fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status").is_ok_and(|status| {
-        status
-            .lines()
-            .find_map(|line| line.strip_prefix("Uid:"))
-            .and_then(|ids| ids.split_whitespace().nth(1))
-            == Some("0")
-    })
 }
 
 /// The CPUs this process may run on (its affinity mask), ascending; empty if unknown.

@@ -16,7 +16,7 @@
 //! `recv`/`send`, so no read is ever in flight with a buffer the kernel still owns: a socket
 //! can be handed to another shard at any point between reads.
 
-use crate::backend::{StartError, UringUnavailable, is_root};
+use crate::backend::{StartError, UringUnavailable};
 use crate::link::{PeerMsg, ShardLinks, TaskBell};
 use crate::{Clock, OsRng, ServerConfig};
 use core::cell::RefCell;
@@ -49,8 +49,10 @@ const IDLE_MAX: Duration = Duration::from_millis(250);
 /// Submission-queue entries per ring (glommio makes three rings per executor). Within the
 /// 2048 that keeps the rings inside a small locked-memory limit.
 const RING_DEPTH: usize = 1024;
-/// Registered IO memory for a non-root process, whose rings count against `RLIMIT_MEMLOCK`.
-const IO_MEMORY_UNPRIVILEGED: usize = 512 * 1024;
+/// Registered IO memory per executor. glommio uses it for file IO only (its sockets move bytes
+/// with `recv`/`send`), so the floor it accepts is enough; it also fits a small
+/// `RLIMIT_MEMLOCK` for a non-root process, whose rings and buffers count against it.
+const IO_MEMORY: usize = 512 * 1024;
 /// How long the main task steps aside when its links still hold work: long enough that the
 /// executor runs out of tasks and reaps io_uring completions (the sockets' readiness), as
 /// `epoll_wait` with a zero timeout does in the epoll backend. A plain yield would not: glommio
@@ -106,12 +108,10 @@ impl UringShard {
             .name(name.clone())
             .spawn(move || {
                 let placement = cpu.map_or(Placement::Unbound, Placement::Fixed);
-                let mut builder = LocalExecutorBuilder::new(placement)
+                let builder = LocalExecutorBuilder::new(placement)
                     .name(&name)
-                    .ring_depth(RING_DEPTH);
-                if !is_root() {
-                    builder = builder.io_memory(IO_MEMORY_UNPRIVILEGED);
-                }
+                    .ring_depth(RING_DEPTH)
+                    .io_memory(IO_MEMORY);
                 let executor = match builder.make() {
                     Ok(executor) => executor,
                     Err(error) => {
