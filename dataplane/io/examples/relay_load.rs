@@ -8,6 +8,7 @@
 //!
 //! `taskset -c 0 cargo run --release -p dp-io --example relay_load -- [pairs] [seconds]
 //! [window] [server_cpu]` (the load on core 0, the server on `server_cpu`, default 1).
+//! `RELAY_ONLY=uring` (or `epoll`) measures one backend alone, without the echo.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,

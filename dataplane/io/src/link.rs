@@ -243,3 +243,58 @@ impl Mesh {
         self.control.take().expect("control links taken once")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+    use std::task::Wake;
+
+    #[derive(Default)]
+    struct Count(AtomicUsize);
+
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    #[test]
+    fn a_task_bell_wakes_the_registered_task_once_per_ring_and_keeps_a_missed_ring() {
+        let bell = TaskBell::default();
+        // Rung before anyone listens: the flag keeps it for the next look.
+        bell.ring();
+        assert!(bell.take());
+        assert!(!bell.take(), "taken once");
+
+        let count = Arc::new(Count::default());
+        let waker = Waker::from(Arc::clone(&count));
+        bell.register(&waker);
+        bell.ring();
+        assert_eq!(count.0.load(Ordering::Relaxed), 1);
+        assert!(bell.take());
+        // The waker is taken by the ring: a second ring without a new registration wakes
+        // nobody, but still leaves the flag.
+        bell.ring();
+        assert_eq!(count.0.load(Ordering::Relaxed), 1);
+        assert!(bell.take());
+    }
+
+    #[test]
+    fn a_flush_rings_a_parked_receiver_once() {
+        let bell = Arc::new(TaskBell::default());
+        let (mut outbox, mut inbox) = pair::<u32>(&Doorbell::Task(Arc::clone(&bell)));
+        let (mut reply, _reply_inbox) = pair::<u32>(&Doorbell::Task(Arc::new(TaskBell::default())));
+        assert!(inbox.park());
+        outbox.send(1);
+        outbox.send(2);
+        outbox.flush();
+        assert!(bell.take(), "the parked receiver is rung");
+        outbox.send(3);
+        outbox.flush();
+        assert!(!bell.take(), "not parked again: no second ring");
+        let mut got = Vec::new();
+        inbox.drain(16, &mut reply, |item| got.push(item));
+        assert_eq!(got, [1, 2, 3]);
+    }
+}
