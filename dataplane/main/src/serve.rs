@@ -108,6 +108,13 @@ pub(crate) fn run(args: ServeArgs) -> Result<()> {
     if let Some(secs) = file.drain_deadline_secs {
         config.drain_deadline = Duration::from_secs(secs);
     }
+    // Before the server starts and says where it listens, so a signal sent as soon as it has
+    // said so stops it gracefully rather than killing it.
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+    ])
+    .context("cannot install signal handlers")?;
     let shards = config.shards;
     let server = match Server::start(config) {
         Ok(server) => server,
@@ -129,11 +136,6 @@ pub(crate) fn run(args: ServeArgs) -> Result<()> {
     );
     println!("offline envelopes are kept in memory until durable storage lands");
 
-    let mut signals = signal_hook::iterator::Signals::new([
-        signal_hook::consts::SIGINT,
-        signal_hook::consts::SIGTERM,
-    ])
-    .context("cannot install signal handlers")?;
     let signal = signals.forever().next();
     println!("signal {signal:?}: stopping; clients are told to reconnect");
     server.shutdown();

@@ -132,6 +132,20 @@ fn serve_backend_epoll_runs_on_epoll() {
     assert!(line.ends_with("(epoll backend)"), "{line}");
 }
 
+/// Goal: the config file's `backend` key chooses the backend too.
+#[test]
+fn serve_config_key_backend_epoll_runs_on_epoll() {
+    let dir = temp_dir("serve-config-backend");
+    let config = dir.join("commucat.toml");
+    std::fs::write(&config, "backend = \"epoll\"\n").unwrap();
+    let line = serve_accepts_and_stops(
+        "serve-config-backend-run",
+        &["--config", config.to_str().unwrap()],
+    );
+    assert!(line.ends_with("(epoll backend)"), "{line}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 /// Goal: a misspelt backend is refused before anything starts, naming the choices.
 #[test]
 fn serve_refuses_an_unknown_backend() {
@@ -210,7 +224,11 @@ fn serve_accepts_and_stops(name: &str, extra: &[&str]) -> String {
         .expect("serve exits after SIGTERM");
     assert!(exit.success(), "{exit:?}");
     drop(stream);
-    let rest: Vec<String> = lines.try_iter().collect();
+    // The reader thread ends at the child's end of output; take every line it forwarded.
+    let mut rest = Vec::new();
+    while let Ok(line) = lines.recv_timeout(deadline) {
+        rest.push(line);
+    }
     assert!(rest.iter().any(|l| l == "stopped"), "{rest:?}");
     std::fs::remove_dir_all(&dir).unwrap();
     listening
