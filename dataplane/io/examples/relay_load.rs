@@ -116,21 +116,31 @@ impl Conn {
         self.out.truncate(at + n);
     }
 
-    fn flush(&mut self) {
-        self.stream.write_all(&self.out).unwrap();
+    /// Writes what was queued; false once the server is gone.
+    fn flush(&mut self) -> bool {
+        let ok = self.stream.write_all(&self.out).is_ok();
         self.out.clear();
+        ok
     }
 
     /// Reads what is available and calls `f` for every frame kind: (is_ack, is_deliver, id).
-    fn read(&mut self, mut f: impl FnMut(bool, Option<MessageId>)) {
+    fn read(&mut self, mut f: impl FnMut(bool, Option<MessageId>)) -> Got {
         let mut buf = [0u8; 65536];
         let n = loop {
             match self.stream.read(&mut buf) {
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                read => break read.unwrap(),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return Got::Timeout;
+                }
+                Ok(0) | Err(_) => return Got::Closed,
+                Ok(n) => break n,
             }
         };
-        assert!(n > 0, "server closed");
         self.rx.extend_from_slice(&buf[..n]);
         let mut at = 0;
         while let Some(record) = self.session.open_record(&mut self.rx[at..]).unwrap() {
@@ -146,7 +156,17 @@ impl Conn {
             }
         }
         self.rx.drain(..at);
+        Got::Data
     }
+}
+
+/// What a client read gave.
+enum Got {
+    Data,
+    /// Nothing for the read timeout (200 ms): a stall.
+    Timeout,
+    /// The server closed the connection (the end of the run).
+    Closed,
 }
 
 /// Child mode: one shard on `backend`; prints `listening ADDR KEY`, serves until stdin closes.
@@ -223,6 +243,8 @@ struct Measured {
     rate: f64,
     /// Server CPU time per relayed message, microseconds.
     cpu_us_per_msg: f64,
+    /// Client reads that waited 200 ms for nothing, during the warm-up and the measurement.
+    stalls: u64,
 }
 
 fn relay(backend: &str, server_cpu: usize, pairs: usize, seconds: u64, window: usize) -> Measured {
@@ -230,12 +252,14 @@ fn relay(backend: &str, server_cpu: usize, pairs: usize, seconds: u64, window: u
     let mut rng = SeededRng::new(2);
     let stop = Arc::new(AtomicBool::new(false));
     let delivered = Arc::new(AtomicU64::new(0));
+    let stalls = Arc::new(AtomicU64::new(0));
     let mut threads = Vec::new();
     for pair in 0..pairs {
         let sender_key = StaticKeypair::generate(&mut rng);
         let recipient_key = StaticKeypair::generate(&mut rng);
         let recipient_id: DeviceId = dp_noise::device_id(recipient_key.public());
         let (stop_r, delivered_r) = (Arc::clone(&stop), Arc::clone(&delivered));
+        let (stalls_r, stalls_s) = (Arc::clone(&stalls), Arc::clone(&stalls));
         let mut recipient = Conn::connect(addr, server_key, &recipient_key, 100 + pair as u64);
         recipient
             .stream
@@ -244,13 +268,13 @@ fn relay(backend: &str, server_cpu: usize, pairs: usize, seconds: u64, window: u
         threads.push(std::thread::spawn(move || {
             while !stop_r.load(Ordering::Relaxed) {
                 let mut ids = Vec::new();
-                // A read timeout or the server going away at the end of the run ends the thread.
-                if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    recipient.read(|_, id| ids.extend(id));
-                }))
-                .is_err()
-                {
-                    return;
+                match recipient.read(|_, id| ids.extend(id)) {
+                    Got::Data => {}
+                    Got::Timeout => {
+                        stalls_r.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
+                    Got::Closed => return,
                 }
                 if !ids.is_empty() {
                     delivered_r.fetch_add(ids.len() as u64, Ordering::Relaxed);
@@ -259,7 +283,9 @@ fn relay(backend: &str, server_cpu: usize, pairs: usize, seconds: u64, window: u
                             messages: MessageIds::new(chunk),
                         }));
                     }
-                    recipient.flush();
+                    if !recipient.flush() {
+                        return;
+                    }
                 }
             }
         }));
@@ -285,14 +311,17 @@ fn relay(backend: &str, server_cpu: usize, pairs: usize, seconds: u64, window: u
                     }));
                     in_flight += 1;
                 }
-                sender.flush();
-                let mut acks = 0;
-                if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    sender.read(|ack, _| acks += usize::from(ack));
-                }))
-                .is_err()
-                {
+                if !sender.flush() {
                     return;
+                }
+                let mut acks = 0;
+                match sender.read(|ack, _| acks += usize::from(ack)) {
+                    Got::Data => {}
+                    Got::Timeout => {
+                        stalls_s.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
+                    Got::Closed => return,
                 }
                 in_flight -= acks.min(in_flight);
             }
@@ -306,6 +335,7 @@ fn relay(backend: &str, server_cpu: usize, pairs: usize, seconds: u64, window: u
     std::thread::sleep(Duration::from_secs(seconds));
     let count = delivered.load(Ordering::Relaxed) - start;
     let ticks = cpu_ticks(child.id()) - ticks_start;
+    let stalled = stalls.load(Ordering::Relaxed);
     let elapsed = t0.elapsed().as_secs_f64();
     stop.store(true, Ordering::Relaxed);
     drop(child.stdin.take());
@@ -317,6 +347,7 @@ fn relay(backend: &str, server_cpu: usize, pairs: usize, seconds: u64, window: u
     Measured {
         rate: count as f64 / elapsed,
         cpu_us_per_msg: cpu_s * 1e6 / count.max(1) as f64,
+        stalls: stalled,
     }
 }
 
@@ -403,9 +434,9 @@ fn main() {
     let echoed = echo(pairs, seconds, window);
     for (name, m) in [("epoll", &epoll), ("uring", &uring)] {
         println!(
-            "relay {name}: {:.0} msg/s, server CPU {:.2} us/msg (encrypted, acknowledged end \
-             to end)",
-            m.rate, m.cpu_us_per_msg
+            "relay {name}: {:.0} msg/s, server CPU {:.2} us/msg, {} stalls (encrypted, \
+             acknowledged end to end)",
+            m.rate, m.cpu_us_per_msg, m.stalls
         );
     }
     println!("echo:        {echoed:.0} msg/s (plain TCP echo of the same sizes, in-process)");
