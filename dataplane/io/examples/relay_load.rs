@@ -424,8 +424,8 @@ fn main() {
     if let Ok(backend) = std::env::var("RELAY_ONLY") {
         let m = relay(&backend, server_cpu, pairs, seconds, window);
         println!(
-            "relay {backend}: {:.0} msg/s, {:.2} us/msg",
-            m.rate, m.cpu_us_per_msg
+            "relay {backend}: {:.0} msg/s, {:.2} us/msg, {} stalls",
+            m.rate, m.cpu_us_per_msg, m.stalls
         );
         return;
     }
