@@ -1,12 +1,20 @@
 //! The IO layer: one thread per shard driving a [`dp_shard::Shard`] on real sockets, the links
 //! between shards and to control, and the control thread.
 //!
-//! This is the **epoll backend** (via `mio`): each shard thread owns an `SO_REUSEPORT` listener,
-//! its connections and a waker, and follows the shard's driving rule — read, feed the shard,
-//! write what it queued, route its events, sleep until its next deadline or a wake-up. Shards
-//! talk only through bounded `dp-link` rings (credited, so must-deliver messages are never
-//! dropped; a sender without credit keeps them in order in a local backlog). Connections move
-//! between shards with their socket (`HandOff`).
+//! Two backends ([`Backend`]), chosen at start:
+//! - **io_uring**: each shard thread is a glommio `LocalExecutor` pinned to its core, with its
+//!   own `SO_REUSEPORT` listener and connections; readiness and timers come from the
+//!   executor's io_uring, and a shard asleep in it is woken from other threads through
+//!   glommio's cross-executor notification;
+//! - **epoll** (via `mio`): each shard thread owns an `SO_REUSEPORT` listener, its connections
+//!   and a waker.
+//!
+//! Both follow the shard's driving rule — read, feed the shard, write what it queued, route its
+//! events, sleep until its next deadline or a wake-up. [`Backend::Auto`] probes io_uring
+//! ([`probe_uring`]) and falls back to epoll with a logged reason. Shards talk only through
+//! bounded `dp-link` rings (credited, so must-deliver messages are never dropped; a sender
+//! without credit keeps them in order in a local backlog), woken at most once per flush.
+//! Connections move between shards with their socket (`HandOff`).
 //!
 //! The control thread here keeps stored envelopes **in memory**: durable storage (SQLite,
 //! PostgreSQL) comes with the control plane.
@@ -17,15 +25,20 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod backend;
 mod control;
 mod link;
 mod metrics;
 mod shard;
+mod uring;
+
+pub use backend::{Backend, StartError, UringUnavailable, probe_uring};
 
 use core::net::SocketAddr;
 use core::time::Duration;
 use dp_core::{Instant, Rng};
 use dp_noise::StaticKeypair;
+use link::{Doorbell, TaskBell};
 use std::io;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -51,6 +64,11 @@ pub struct ServerConfig {
     /// Where to serve `GET /metrics` (Prometheus text), if anywhere. It needs no credential:
     /// bind it to a private address.
     pub metrics_listen: Option<SocketAddr>,
+    /// The IO backend.
+    pub backend: Backend,
+    /// Tells whether io_uring can be used ([`probe_uring`]); replace it to simulate a machine
+    /// without io_uring.
+    pub uring_probe: fn() -> Result<(), UringUnavailable>,
 }
 
 impl ServerConfig {
@@ -66,6 +84,8 @@ impl ServerConfig {
             conns_per_source_max: 4096,
             drain_deadline: Duration::from_secs(5),
             metrics_listen: None,
+            backend: Backend::Auto,
+            uring_probe: probe_uring,
         }
     }
 }
@@ -122,24 +142,74 @@ pub struct Server {
     local_addr: SocketAddr,
     metrics_addr: Option<SocketAddr>,
     stop: Arc<AtomicBool>,
-    wakers: Vec<Arc<mio::Waker>>,
+    bells: Vec<Doorbell>,
     threads: Vec<JoinHandle<()>>,
+    backend: Backend,
+    fallback: Option<UringUnavailable>,
 }
 
 impl Server {
-    /// Binds every shard's listener, starts the shard threads and the control thread.
-    pub fn start(config: ServerConfig) -> io::Result<Self> {
+    /// Chooses the backend ([`ServerConfig::backend`]), binds every shard's listener, starts
+    /// the shard threads and the control thread.
+    ///
+    /// With [`Backend::Uring`] it fails with [`StartError::Uring`] when io_uring cannot be
+    /// used; with [`Backend::Auto`] it then runs on epoll and says why on stderr.
+    pub fn start(config: ServerConfig) -> Result<Self, StartError> {
         if config.shards == 0 {
-            return Err(io::Error::new(
+            return Err(StartError::Io(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 "at least one shard",
-            ));
+            )));
         }
+        let (backend, fallback) = match config.backend {
+            Backend::Epoll => (Backend::Epoll, None),
+            Backend::Uring => match (config.uring_probe)() {
+                Ok(()) => (Backend::Uring, None),
+                Err(reason) => return Err(StartError::Uring(reason)),
+            },
+            Backend::Auto => match (config.uring_probe)() {
+                Ok(()) => (Backend::Uring, None),
+                Err(reason) => {
+                    eprintln!("io_uring unavailable, running on epoll: {reason}");
+                    (Backend::Epoll, Some(reason))
+                }
+            },
+        };
+        let metrics = Arc::new(metrics::Metrics::new(usize::from(config.shards)));
+        let metrics_listener = config.metrics_listen.map(metrics::bind).transpose()?;
+        let mut server = match backend {
+            Backend::Uring => match Self::start_uring(&config, &metrics) {
+                Ok(server) => server,
+                // The probe passed but an executor could not be built: auto still falls back.
+                Err(StartError::Uring(reason)) if config.backend == Backend::Auto => {
+                    eprintln!("io_uring executors failed, running on epoll: {reason}");
+                    let mut server = Self::start_epoll(&config, &metrics)?;
+                    server.fallback = Some(reason);
+                    server
+                }
+                Err(error) => return Err(error),
+            },
+            _ => {
+                let mut server = Self::start_epoll(&config, &metrics)?;
+                server.fallback = fallback;
+                server
+            }
+        };
+        if let Some(listener) = metrics_listener {
+            server.metrics_addr = Some(listener.local_addr()?);
+            let stop = Arc::clone(&server.stop);
+            let thread = std::thread::Builder::new()
+                .name("commucat-metrics".into())
+                .spawn(move || metrics::serve(listener, metrics, stop))?;
+            server.threads.push(thread);
+        }
+        Ok(server)
+    }
+
+    fn start_epoll(config: &ServerConfig, metrics: &Arc<metrics::Metrics>) -> io::Result<Self> {
         let clock = Clock::new();
         let stop = Arc::new(AtomicBool::new(false));
-        let mut key_bytes = [0u8; 8];
-        OsRng.private_fill(&mut key_bytes);
-        let routing_key = u64::from_le_bytes(key_bytes);
+        let routing_key = routing_key();
 
         // The first listener fixes the port (when 0 was asked for); the others share it.
         let mut listeners = Vec::new();
@@ -151,40 +221,31 @@ impl Server {
         }
 
         let mut polls = Vec::new();
-        let mut wakers = Vec::new();
+        let mut bells = Vec::new();
         for _ in 0..=config.shards {
             let poll = mio::Poll::new()?;
-            wakers.push(Arc::new(mio::Waker::new(poll.registry(), link::WAKER)?));
+            bells.push(Doorbell::Mio(Arc::new(mio::Waker::new(
+                poll.registry(),
+                link::WAKER,
+            )?)));
             polls.push(poll);
         }
-        let mut mesh = link::Mesh::new(usize::from(config.shards), &wakers);
-        let metrics = Arc::new(metrics::Metrics::new(usize::from(config.shards)));
-        let metrics_listener = config.metrics_listen.map(metrics::bind).transpose()?;
-        let metrics_addr = metrics_listener
-            .as_ref()
-            .map(std::net::TcpListener::local_addr)
-            .transpose()?;
+        let mut mesh = link::Mesh::new(usize::from(config.shards), &bells);
 
         let mut threads = Vec::new();
         let control_poll = polls.remove(0);
-        let control_links = mesh.take_control();
-        let control_stop = Arc::clone(&stop);
-        threads.push(
-            std::thread::Builder::new()
-                .name("commucat-control".into())
-                .spawn(move || control::run(control_poll, control_links, control_stop))?,
-        );
+        threads.push(spawn_control(control_poll, &mut mesh, &stop)?);
         for (index, (listener, poll)) in listeners.into_iter().zip(polls).enumerate() {
             let links = mesh.take_shard(index);
             let thread = shard::ShardThread::new(
                 index,
-                &config,
+                config,
                 routing_key,
                 clock,
                 listener,
                 poll,
                 links,
-                Arc::clone(&metrics),
+                Arc::clone(metrics),
                 Arc::clone(&stop),
             )?;
             threads.push(
@@ -193,21 +254,86 @@ impl Server {
                     .spawn(move || thread.run())?,
             );
         }
-        if let Some(listener) = metrics_listener {
-            let stop = Arc::clone(&stop);
-            threads.push(
-                std::thread::Builder::new()
-                    .name("commucat-metrics".into())
-                    .spawn(move || metrics::serve(listener, metrics, stop))?,
-            );
-        }
         Ok(Self {
             local_addr,
-            metrics_addr,
+            metrics_addr: None,
             stop,
-            wakers,
+            bells,
             threads,
+            backend: Backend::Epoll,
+            fallback: None,
         })
+    }
+
+    fn start_uring(
+        config: &ServerConfig,
+        metrics: &Arc<metrics::Metrics>,
+    ) -> Result<Self, StartError> {
+        log_library_warnings();
+        let clock = Clock::new();
+        let stop = Arc::new(AtomicBool::new(false));
+        let routing_key = routing_key();
+        let (placeholder, local_addr) = uring::reserve_port(config.listen)?;
+
+        let control_poll = mio::Poll::new()?;
+        let mut bells = vec![Doorbell::Mio(Arc::new(mio::Waker::new(
+            control_poll.registry(),
+            link::WAKER,
+        )?))];
+        for _ in 0..config.shards {
+            bells.push(Doorbell::Task(Arc::new(TaskBell::default())));
+        }
+        let mut mesh = link::Mesh::new(usize::from(config.shards), &bells);
+        let mut server = Self {
+            local_addr,
+            metrics_addr: None,
+            stop: Arc::clone(&stop),
+            bells: bells.clone(),
+            threads: vec![spawn_control(control_poll, &mut mesh, &stop)?],
+            backend: Backend::Uring,
+            fallback: None,
+        };
+        let cpus = backend::allowed_cpus();
+        let (ready_tx, ready) = std::sync::mpsc::channel();
+        for index in 0..usize::from(config.shards) {
+            let Doorbell::Task(bell) = &bells[1 + index] else {
+                continue;
+            };
+            let shard = uring::UringShard::new(
+                index,
+                config,
+                routing_key,
+                clock,
+                local_addr,
+                mesh.take_shard(index),
+                Arc::clone(metrics),
+                Arc::clone(bell),
+                Arc::clone(&stop),
+            )?;
+            match shard.spawn(uring::cpu_for(index, &cpus), ready_tx.clone()) {
+                Ok(thread) => server.threads.push(thread),
+                Err(error) => {
+                    server.shutdown();
+                    return Err(error.into());
+                }
+            }
+        }
+        drop(ready_tx);
+        // Every executor reports once: its rings are set up and its listener bound.
+        for _ in 0..config.shards {
+            let report = ready.recv().unwrap_or_else(|_| {
+                Err(StartError::Uring(UringUnavailable::Other {
+                    errno: None,
+                    message: "a shard's executor stopped before it started".into(),
+                }))
+            });
+            if let Err(error) = report {
+                server.shutdown();
+                return Err(error);
+            }
+        }
+        drop(placeholder);
+        Ok(server)
     }
 
     /// Where the server listens.
@@ -220,15 +346,69 @@ impl Server {
         self.metrics_addr
     }
 
+    /// The backend it runs on: [`Backend::Uring`] or [`Backend::Epoll`].
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Why [`Backend::Auto`] fell back to epoll, if it did.
+    pub fn fallback_reason(&self) -> Option<&UringUnavailable> {
+        self.fallback.as_ref()
+    }
+
     /// Stops accepting, tells clients to reconnect (`GoAway`), drains output within the
     /// configured deadline, and joins every thread.
     pub fn shutdown(self) {
         self.stop.store(true, Ordering::Release);
-        for waker in &self.wakers {
-            let _ = waker.wake();
+        for bell in &self.bells {
+            bell.ring();
         }
         for thread in self.threads {
             let _ = thread.join();
         }
     }
+}
+
+/// Prints warnings of the libraries underneath (glommio says through `log` when it cannot
+/// register its buffers or lock memory) on stderr, unless the program installed a logger.
+struct StderrWarnings;
+
+impl log::Log for StderrWarnings {
+    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
+        metadata.level() <= log::Level::Warn
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        if self.enabled(record.metadata()) {
+            eprintln!("{} {}: {}", record.level(), record.target(), record.args());
+        }
+    }
+
+    fn flush(&self) {}
+}
+
+static STDERR_WARNINGS: StderrWarnings = StderrWarnings;
+
+fn log_library_warnings() {
+    if log::set_logger(&STDERR_WARNINGS).is_ok() {
+        log::set_max_level(log::LevelFilter::Warn);
+    }
+}
+
+fn routing_key() -> u64 {
+    let mut key_bytes = [0u8; 8];
+    OsRng.private_fill(&mut key_bytes);
+    u64::from_le_bytes(key_bytes)
+}
+
+fn spawn_control(
+    poll: mio::Poll,
+    mesh: &mut link::Mesh,
+    stop: &Arc<AtomicBool>,
+) -> io::Result<JoinHandle<()>> {
+    let links = mesh.take_control();
+    let stop = Arc::clone(stop);
+    std::thread::Builder::new()
+        .name("commucat-control".into())
+        .spawn(move || control::run(poll, links, stop))
 }

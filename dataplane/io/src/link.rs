@@ -1,13 +1,63 @@
 //! The mesh of links: every shard to every other shard, every shard to control and back. Each
 //! direction is a `dp-link` ring; credits for a direction flow back on the opposite one.
 
+use atomic_waker::AtomicWaker;
+use core::task::Waker;
+use dp_core::Rng;
 use dp_link::{LinkConfig, LinkReceiver, LinkSender, link};
-use dp_shard::{ControlEvent, ControlRequest, HandOff, ShardMessage};
+use dp_shard::{ControlEvent, ControlRequest, HandOff, Shard, ShardEvent, ShardMessage};
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
-/// The token of every thread's waker.
+/// The token of every epoll thread's waker.
 pub(crate) const WAKER: mio::Token = mio::Token(usize::MAX);
+
+/// How a sleeping link owner is woken: rung once per flush that finds it parked.
+#[derive(Clone, Debug)]
+pub(crate) enum Doorbell {
+    /// An epoll thread: its `mio::Waker` (an eventfd write).
+    Mio(Arc<mio::Waker>),
+    /// A glommio executor: the waker of its main task. Waking it from another thread goes
+    /// through glommio's cross-executor notification (an eventfd the sleeping executor's
+    /// io_uring waits on), and only when that executor sleeps.
+    Task(Arc<TaskBell>),
+}
+
+impl Doorbell {
+    pub(crate) fn ring(&self) {
+        match self {
+            Self::Mio(waker) => {
+                let _ = waker.wake();
+            }
+            Self::Task(bell) => bell.ring(),
+        }
+    }
+}
+
+/// The doorbell of a task: a flag and the task's waker.
+#[derive(Debug, Default)]
+pub(crate) struct TaskBell {
+    rung: AtomicBool,
+    waker: AtomicWaker,
+}
+
+impl TaskBell {
+    pub(crate) fn ring(&self) {
+        self.rung.store(true, Ordering::Release);
+        self.waker.wake();
+    }
+
+    /// Registers the task to wake; call before [`TaskBell::take`] so no ring is missed.
+    pub(crate) fn register(&self, waker: &Waker) {
+        self.waker.register(waker);
+    }
+
+    /// Whether the bell rang since last asked.
+    pub(crate) fn take(&self) -> bool {
+        self.rung.swap(false, Ordering::AcqRel)
+    }
+}
 /// Must-deliver messages one direction may have outstanding.
 const CREDITS: u32 = 4096;
 /// Ring room for credit returns.
@@ -21,7 +71,7 @@ pub(crate) const BACKLOG_MAX: usize = 1 << 16;
 pub(crate) enum PeerMsg {
     Message(ShardMessage),
     /// A connection moving to its home shard, with its socket.
-    HandOff(Box<HandOff>, mio::net::TcpStream),
+    HandOff(Box<HandOff>, std::net::TcpStream),
 }
 
 /// What travels in a ring: an item (spending a credit) or returned credits.
@@ -36,13 +86,13 @@ pub(crate) struct Outbox<T> {
     backlog: VecDeque<T>,
     /// Credits to return to the peer for items taken from it.
     owed: u32,
-    waker: Arc<mio::Waker>,
+    waker: Doorbell,
     /// Items shed because the backlog was full.
     pub(crate) shed: u64,
 }
 
 impl<T> Outbox<T> {
-    fn new(mut tx: LinkSender<Tagged<T>>, waker: Arc<mio::Waker>) -> Self {
+    fn new(mut tx: LinkSender<Tagged<T>>, waker: Doorbell) -> Self {
         tx.grant(CREDITS);
         Self {
             tx,
@@ -66,7 +116,7 @@ impl<T> Outbox<T> {
         }
         match self.tx.send_credited(Tagged::Item(item)) {
             Ok(true) => {
-                let _ = self.waker.wake();
+                self.waker.ring();
                 Ok(())
             }
             Ok(false) => Ok(()),
@@ -83,7 +133,7 @@ impl<T> Outbox<T> {
     pub(crate) fn send(&mut self, item: T) {
         if self.backlog.is_empty() && self.tx.credits() > 0 {
             if let Ok(true) = self.tx.send_credited(Tagged::Item(item)) {
-                let _ = self.waker.wake();
+                self.waker.ring();
             }
         } else if self.backlog.len() < BACKLOG_MAX {
             self.backlog.push_back(item);
@@ -105,7 +155,7 @@ impl<T> Outbox<T> {
             self.owed = 0;
         }
         if self.tx.flush() {
-            let _ = self.waker.wake();
+            self.waker.ring();
         }
     }
 }
@@ -139,12 +189,12 @@ impl<T> Inbox<T> {
     }
 }
 
-fn pair<T>(waker: &Arc<mio::Waker>) -> (Outbox<T>, Inbox<T>) {
+fn pair<T>(waker: &Doorbell) -> (Outbox<T>, Inbox<T>) {
     // The sizes are constants well inside the link's limits.
     #[allow(clippy::expect_used)]
     let config = LinkConfig::new(CREDITS, BEST_EFFORT_SLOTS, BATCH).expect("valid link sizes");
     let (tx, rx) = link(config);
-    (Outbox::new(tx, Arc::clone(waker)), Inbox { rx })
+    (Outbox::new(tx, waker.clone()), Inbox { rx })
 }
 
 /// One shard's ends of the mesh.
@@ -154,6 +204,60 @@ pub(crate) struct ShardLinks {
     pub(crate) from_shards: Vec<Option<Inbox<PeerMsg>>>,
     pub(crate) to_control: Outbox<ControlRequest>,
     pub(crate) from_control: Inbox<ControlEvent>,
+}
+
+impl ShardLinks {
+    /// Sends a link-bound shard event (`ToShard`, `ToControl`): envelopes only with a credit,
+    /// handing a refused one back to the shard (its sender hears `Retry`); everything else
+    /// always. Other events belong to the backend and are not handled here.
+    pub(crate) fn route<R: Rng>(&mut self, shard: &mut Shard<R>, event: ShardEvent) {
+        match event {
+            ShardEvent::ToShard { to, message } => {
+                let Some(target) = self
+                    .to_shards
+                    .get_mut(usize::from(to.0))
+                    .and_then(Option::as_mut)
+                else {
+                    return;
+                };
+                match message {
+                    ShardMessage::Envelope(envelope) => {
+                        let message = PeerMsg::Message(ShardMessage::Envelope(envelope));
+                        if let Err(PeerMsg::Message(ShardMessage::Envelope(envelope))) =
+                            target.try_send(message)
+                        {
+                            shard.handle_refused(envelope);
+                        }
+                    }
+                    message => target.send(PeerMsg::Message(message)),
+                }
+            }
+            ShardEvent::ToControl(ControlRequest::Store(envelope)) => {
+                if let Err(ControlRequest::Store(envelope)) =
+                    self.to_control.try_send(ControlRequest::Store(envelope))
+                {
+                    shard.handle_refused(envelope);
+                }
+            }
+            ShardEvent::ToControl(request) => self.to_control.send(request),
+            ShardEvent::Close { .. } | ShardEvent::HandOff { .. } => {
+                debug_assert!(false, "the backend handles closes and hand-offs");
+            }
+        }
+    }
+
+    /// Messages held back for lack of credit on this shard's outgoing links, and messages
+    /// shed because a backlog was full.
+    pub(crate) fn backlog_and_shed(&self) -> (u64, u64) {
+        let outgoing = self.to_shards.iter().flatten();
+        let (mut backlog, mut shed) = (0u64, 0u64);
+        for outbox in outgoing {
+            backlog += outbox.backlog_len() as u64;
+            shed += outbox.shed;
+        }
+        let control = &self.to_control;
+        (backlog + control.backlog_len() as u64, shed + control.shed)
+    }
 }
 
 /// Control's ends of the mesh, indexed by shard.
@@ -170,7 +274,7 @@ pub(crate) struct Mesh {
 
 impl Mesh {
     /// `wakers[0]` is control's, `wakers[1 + i]` shard `i`'s.
-    pub(crate) fn new(shards: usize, wakers: &[Arc<mio::Waker>]) -> Self {
+    pub(crate) fn new(shards: usize, wakers: &[Doorbell]) -> Self {
         let mut to: Vec<Vec<Option<Outbox<PeerMsg>>>> = (0..shards)
             .map(|_| (0..shards).map(|_| None).collect())
             .collect();
@@ -218,5 +322,60 @@ impl Mesh {
     pub(crate) fn take_control(&mut self) -> ControlLinks {
         #[allow(clippy::expect_used)]
         self.control.take().expect("control links taken once")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+    use std::task::Wake;
+
+    #[derive(Default)]
+    struct Count(AtomicUsize);
+
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    #[test]
+    fn a_task_bell_wakes_the_registered_task_once_per_ring_and_keeps_a_missed_ring() {
+        let bell = TaskBell::default();
+        // Rung before anyone listens: the flag keeps it for the next look.
+        bell.ring();
+        assert!(bell.take());
+        assert!(!bell.take(), "taken once");
+
+        let count = Arc::new(Count::default());
+        let waker = Waker::from(Arc::clone(&count));
+        bell.register(&waker);
+        bell.ring();
+        assert_eq!(count.0.load(Ordering::Relaxed), 1);
+        assert!(bell.take());
+        // The waker is taken by the ring: a second ring without a new registration wakes
+        // nobody, but still leaves the flag.
+        bell.ring();
+        assert_eq!(count.0.load(Ordering::Relaxed), 1);
+        assert!(bell.take());
+    }
+
+    #[test]
+    fn a_flush_rings_a_parked_receiver_once() {
+        let bell = Arc::new(TaskBell::default());
+        let (mut outbox, mut inbox) = pair::<u32>(&Doorbell::Task(Arc::clone(&bell)));
+        let (mut reply, _reply_inbox) = pair::<u32>(&Doorbell::Task(Arc::new(TaskBell::default())));
+        assert!(inbox.park());
+        outbox.send(1);
+        outbox.send(2);
+        outbox.flush();
+        assert!(bell.take(), "the parked receiver is rung");
+        outbox.send(3);
+        outbox.flush();
+        assert!(!bell.take(), "not parked again: no second ring");
+        let mut got = Vec::new();
+        inbox.drain(16, &mut reply, |item| got.push(item));
+        assert_eq!(got, [1, 2, 3]);
     }
 }

@@ -203,6 +203,23 @@ impl Metrics {
     }
 }
 
+/// Publishes shard `index`'s counters and gauges (its IO loop calls this once per turn).
+pub(crate) fn publish_shard<R: dp_core::Rng>(
+    metrics: &Metrics,
+    index: usize,
+    shard: &dp_shard::Shard<R>,
+    links: &crate::link::ShardLinks,
+) {
+    let (link_backlog, link_shed) = links.backlog_and_shed();
+    let gauges = Gauges {
+        conns: shard.conns_len() as u64,
+        sessions: shard.sessions_len() as u64,
+        link_backlog,
+        link_shed,
+    };
+    metrics.publish(index, &shard.stats(), &gauges);
+}
+
 /// The most bytes of a request the endpoint reads.
 const REQUEST_LEN_MAX: usize = 4096;
 /// How long one client may take to send its request.

@@ -1,11 +1,11 @@
 //! One shard's thread: its listener, its connections and its links, driving a `Shard`.
 
 use crate::link::{PeerMsg, ShardLinks, WAKER};
-use crate::metrics::{Gauges, Metrics};
+use crate::metrics::{self, Metrics};
 use crate::{Clock, OsRng, ServerConfig};
 use core::net::SocketAddr;
 use dp_core::Instant;
-use dp_shard::{ConnId, ControlRequest, Shard, ShardConfig, ShardEvent, ShardId, ShardMessage};
+use dp_shard::{ConnId, Shard, ShardConfig, ShardEvent, ShardId};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 use std::collections::HashMap;
@@ -33,6 +33,25 @@ pub(crate) fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
     socket.listen(1024)?;
     socket.set_nonblocking(true)?;
     Ok(TcpListener::from_std(socket.into()))
+}
+
+/// Shard `index` of the server, configured and told the wall-clock time.
+pub(crate) fn new_shard(
+    index: usize,
+    config: &ServerConfig,
+    routing_key: u64,
+    clock: Clock,
+) -> io::Result<Shard<OsRng>> {
+    let id = ShardId(u16::try_from(index).unwrap_or(u16::MAX));
+    let mut shard_config = ShardConfig::new(id, config.shards, routing_key)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "shard out of range"))?;
+    shard_config.idle_timeout = config.idle_timeout;
+    shard_config.outbound_bytes_max = config.outbound_bytes_max;
+    shard_config.conns_per_source_max = config.conns_per_source_max;
+    let now = clock.now();
+    let mut shard = Shard::new(now, shard_config, config.key.clone(), OsRng);
+    shard.handle_wall_clock(now, Clock::unix_ms());
+    Ok(shard)
 }
 
 struct Socket {
@@ -71,17 +90,9 @@ impl ShardThread {
         metrics: Arc<Metrics>,
         stop: Arc<AtomicBool>,
     ) -> io::Result<Self> {
-        let id = ShardId(u16::try_from(index).unwrap_or(u16::MAX));
-        let mut shard_config = ShardConfig::new(id, config.shards, routing_key)
-            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "shard out of range"))?;
-        shard_config.idle_timeout = config.idle_timeout;
-        shard_config.outbound_bytes_max = config.outbound_bytes_max;
-        shard_config.conns_per_source_max = config.conns_per_source_max;
+        let shard = new_shard(index, config, routing_key, clock)?;
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
-        let now = clock.now();
-        let mut shard = Shard::new(now, shard_config, config.key.clone(), OsRng);
-        shard.handle_wall_clock(now, Clock::unix_ms());
         Ok(Self {
             index,
             shard,
@@ -297,7 +308,10 @@ impl ShardThread {
         for (handoff, stream) in handoffs {
             match self.shard.adopt(now, *handoff) {
                 Some(id) => {
-                    if self.register(id, stream).is_err() {
+                    let stream = stream
+                        .set_nonblocking(true)
+                        .map(|()| TcpStream::from_std(stream));
+                    if stream.and_then(|stream| self.register(id, stream)).is_err() {
                         self.shard.handle_closed(id);
                     }
                 }
@@ -308,22 +322,7 @@ impl ShardThread {
 
     /// Publishes this shard's counters (once per loop iteration, before it may sleep).
     fn publish_metrics(&self) {
-        let outboxes = self.links.to_shards.iter().flatten();
-        let (mut backlog, mut shed) = (0u64, 0u64);
-        for outbox in outboxes {
-            backlog += outbox.backlog_len() as u64;
-            shed += outbox.shed;
-        }
-        backlog += self.links.to_control.backlog_len() as u64;
-        shed += self.links.to_control.shed;
-        let gauges = Gauges {
-            conns: self.shard.conns_len() as u64,
-            sessions: self.shard.sessions_len() as u64,
-            link_backlog: backlog,
-            link_shed: shed,
-        };
-        self.metrics
-            .publish(self.index, &self.shard.stats(), &gauges);
+        metrics::publish_shard(&self.metrics, self.index, &self.shard, &self.links);
     }
 
     fn route_events(&mut self, now: Instant) {
@@ -345,39 +344,12 @@ impl ShardThread {
                         .get_mut(usize::from(to.0))
                         .and_then(Option::as_mut);
                     if let (Some(stream), Some(handoff), Some(target)) = (stream, handoff, target) {
-                        target.send(PeerMsg::HandOff(handoff, stream));
+                        target.send(PeerMsg::HandOff(handoff, stream.into()));
                     }
                 }
-                ShardEvent::ToShard { to, message } => {
-                    let Some(target) = self
-                        .links
-                        .to_shards
-                        .get_mut(usize::from(to.0))
-                        .and_then(Option::as_mut)
-                    else {
-                        continue;
-                    };
-                    match message {
-                        ShardMessage::Envelope(envelope) => {
-                            if let Err(PeerMsg::Message(ShardMessage::Envelope(envelope))) =
-                                target.try_send(PeerMsg::Message(ShardMessage::Envelope(envelope)))
-                            {
-                                self.shard.handle_refused(envelope);
-                            }
-                        }
-                        message => target.send(PeerMsg::Message(message)),
-                    }
+                event @ (ShardEvent::ToShard { .. } | ShardEvent::ToControl(_)) => {
+                    self.links.route(&mut self.shard, event);
                 }
-                ShardEvent::ToControl(ControlRequest::Store(envelope)) => {
-                    if let Err(ControlRequest::Store(envelope)) = self
-                        .links
-                        .to_control
-                        .try_send(ControlRequest::Store(envelope))
-                    {
-                        self.shard.handle_refused(envelope);
-                    }
-                }
-                ShardEvent::ToControl(request) => self.links.to_control.send(request),
             }
         }
     }

@@ -1,14 +1,15 @@
 //! Goal: the server relays over real loopback sockets across two shards — between every pair of
-//! devices, to a device that went offline and came back, and says GoAway on shutdown. Method:
-//! start a two-shard server on 127.0.0.1:0 and drive blocking clients of the client library
-//! (`commucat-client`: Noise XK hybrid, stream records, frames). Every read has a deadline, so
-//! a failure fails, never hangs.
+//! devices, to a device that went offline and came back, and says GoAway on shutdown — on both
+//! backends (io_uring and epoll), and the backend choice does what it says. Method: start a
+//! two-shard server on 127.0.0.1:0 and drive blocking clients of the client library
+//! (`commucat-client`: Noise XK hybrid, stream records, frames); every scenario runs once per
+//! backend. Every read has a deadline, so a failure fails, never hangs.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use commucat_client::{Client, ConnectionConfig, Event};
 use core::time::Duration;
 use dp_core::{DeviceId, MessageId, SeededRng};
-use dp_io::{Server, ServerConfig};
+use dp_io::{Backend, Server, ServerConfig, StartError, UringUnavailable};
 use dp_noise::{Cipher, Pattern, StaticKeypair, Suite};
 use dp_proto::{ErrorCode, Recipient, SendStatus};
 
@@ -55,17 +56,46 @@ fn send_to(client: &mut Client<SeededRng>, to: DeviceId, id: u8, body: &[u8]) ->
     message
 }
 
-fn server() -> (Server, [u8; 32], SeededRng) {
+fn config(backend: Backend) -> (ServerConfig, [u8; 32], SeededRng) {
     let mut rng = SeededRng::new(7);
     let key = StaticKeypair::generate(&mut rng);
     let mut config = ServerConfig::new("127.0.0.1:0".parse().unwrap(), key.clone());
     config.shards = 2;
-    (Server::start(config).unwrap(), *key.public(), rng)
+    config.backend = backend;
+    (config, *key.public(), rng)
 }
 
-#[test]
-fn relay_between_every_pair_across_two_shards() {
-    let (server, public, mut rng) = server();
+fn server(backend: Backend) -> (Server, [u8; 32], SeededRng) {
+    let (config, public, rng) = config(backend);
+    let server = Server::start(config).unwrap();
+    assert_eq!(server.backend(), backend, "runs on the backend asked for");
+    (server, public, rng)
+}
+
+/// Runs a scenario once per backend: `name::uring` and `name::epoll`.
+macro_rules! on_both_backends {
+    ($($scenario:ident),* $(,)?) => {$(
+        mod $scenario {
+            #[test]
+            fn uring() {
+                super::$scenario(dp_io::Backend::Uring);
+            }
+
+            #[test]
+            fn epoll() {
+                super::$scenario(dp_io::Backend::Epoll);
+            }
+        }
+    )*};
+}
+
+on_both_backends!(
+    relay_between_every_pair_across_two_shards,
+    offline_recipient_gets_its_backlog_and_shutdown_says_goaway,
+);
+
+fn relay_between_every_pair_across_two_shards(backend: Backend) {
+    let (server, public, mut rng) = server(backend);
     let keys: Vec<StaticKeypair> = (0..6).map(|_| StaticKeypair::generate(&mut rng)).collect();
     let mut clients: Vec<Client<SeededRng>> = keys
         .iter()
@@ -96,9 +126,8 @@ fn relay_between_every_pair_across_two_shards() {
     server.shutdown();
 }
 
-#[test]
-fn offline_recipient_gets_its_backlog_and_shutdown_says_goaway() {
-    let (server, public, mut rng) = server();
+fn offline_recipient_gets_its_backlog_and_shutdown_says_goaway(backend: Backend) {
+    let (server, public, mut rng) = server(backend);
     let a_key = StaticKeypair::generate(&mut rng);
     let b_key = StaticKeypair::generate(&mut rng);
     let mut a = connect(server.local_addr(), &public, &a_key);
@@ -123,4 +152,86 @@ fn offline_recipient_gets_its_backlog_and_shutdown_says_goaway() {
     server.shutdown();
     assert_eq!(next(&mut a), Got::GoAway(ErrorCode::SHUTTING_DOWN));
     assert_eq!(next(&mut b), Got::GoAway(ErrorCode::SHUTTING_DOWN));
+}
+
+fn serves(server: &Server, public: &[u8; 32], rng: &mut SeededRng) {
+    let key = StaticKeypair::generate(rng);
+    let mut client = connect(server.local_addr(), public, &key);
+    let me = client.device();
+    let message = send_to(&mut client, me, 1, b"to myself");
+    let mut got = [next(&mut client), next(&mut client)];
+    got.sort_by_key(|g| matches!(g, Got::SendAck(..)));
+    assert_eq!(got[0], Got::Deliver(message, me, b"to myself".to_vec()));
+    // Stored if it went through storage because the session had only just opened.
+    assert!(
+        got[1] == Got::SendAck(message, SendStatus::Delivered)
+            || got[1] == Got::SendAck(message, SendStatus::Stored),
+        "{:?}",
+        got[1]
+    );
+}
+
+fn no_uring() -> Result<(), UringUnavailable> {
+    Err(UringUnavailable::PermissionDenied)
+}
+
+#[test]
+fn forced_epoll_runs_on_epoll_even_where_uring_works() {
+    let (mut config, public, mut rng) = config(Backend::Epoll);
+    config.uring_probe = || Ok(());
+    let server = Server::start(config).unwrap();
+    assert_eq!(server.backend(), Backend::Epoll);
+    assert_eq!(server.fallback_reason(), None);
+    serves(&server, &public, &mut rng);
+    server.shutdown();
+}
+
+#[test]
+fn uring_refuses_to_start_without_io_uring_and_says_why() {
+    let (mut config, _, _) = config(Backend::Uring);
+    config.uring_probe = no_uring;
+    let error = Server::start(config).unwrap_err();
+    let StartError::Uring(reason) = &error else {
+        panic!("a typed io_uring error, not {error:?}")
+    };
+    assert_eq!(*reason, UringUnavailable::PermissionDenied);
+    let text = error.to_string();
+    assert!(text.contains("seccomp"), "says why: {text}");
+    assert!(
+        text.contains("--backend epoll"),
+        "says what to change: {text}"
+    );
+}
+
+#[test]
+fn auto_falls_back_to_epoll_without_io_uring() {
+    let (mut config, public, mut rng) = config(Backend::Auto);
+    config.uring_probe = no_uring;
+    let server = Server::start(config).unwrap();
+    assert_eq!(server.backend(), Backend::Epoll);
+    assert_eq!(
+        server.fallback_reason(),
+        Some(&UringUnavailable::PermissionDenied)
+    );
+    serves(&server, &public, &mut rng);
+    server.shutdown();
+}
+
+#[test]
+fn auto_picks_uring_where_the_probe_passes() {
+    let (mut config, public, mut rng) = config(Backend::Auto);
+    config.uring_probe = || Ok(());
+    let server = Server::start(config).unwrap();
+    assert_eq!(server.backend(), Backend::Uring);
+    serves(&server, &public, &mut rng);
+    server.shutdown();
+}
+
+#[test]
+fn the_real_probe_passes_on_this_machine() {
+    // The machines this project builds and tests on run io_uring (kernel 6.x, not disabled);
+    // if this fails, the uring tests above cannot pass either, and this says why.
+    if let Err(reason) = dp_io::probe_uring() {
+        panic!("io_uring is unavailable here: {reason}");
+    }
 }

@@ -4,7 +4,7 @@
 use crate::{read_key, write_new_key};
 use anyhow::{Context, Result};
 use clap::Args;
-use dp_io::{Server, ServerConfig};
+use dp_io::{Backend, Server, ServerConfig, StartError};
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
@@ -14,7 +14,7 @@ use std::time::Duration;
 /// Command-line settings; each overrides the config file.
 #[derive(Debug, Args)]
 pub(crate) struct ServeArgs {
-    /// A TOML config file (keys: listen, shards, data_dir, key, idle_timeout_secs,
+    /// A TOML config file (keys: listen, shards, backend, data_dir, key, idle_timeout_secs,
     /// outbound_bytes_max, conns_per_source_max, drain_deadline_secs, metrics_listen).
     #[arg(long)]
     config: Option<PathBuf>,
@@ -24,6 +24,10 @@ pub(crate) struct ServeArgs {
     /// Shards (threads); default one per core.
     #[arg(long)]
     shards: Option<u16>,
+    /// IO backend: auto (io_uring where it works, else epoll), uring (refuse to start without
+    /// it) or epoll.
+    #[arg(long, value_name = "auto|uring|epoll")]
+    backend: Option<Backend>,
     /// Data directory; created on first start.
     #[arg(long)]
     data_dir: Option<PathBuf>,
@@ -42,6 +46,7 @@ pub(crate) struct ServeArgs {
 struct FileConfig {
     listen: Option<SocketAddr>,
     shards: Option<u16>,
+    backend: Option<String>,
     data_dir: Option<PathBuf>,
     key: Option<PathBuf>,
     idle_timeout_secs: Option<u64>,
@@ -89,6 +94,13 @@ pub(crate) fn run(args: ServeArgs) -> Result<()> {
         anyhow::ensure!(shards > 0, "--shards must be at least 1");
         config.shards = shards;
     }
+    if let Some(backend) = args.backend {
+        config.backend = backend;
+    } else if let Some(name) = &file.backend {
+        config.backend = name
+            .parse()
+            .map_err(|error: String| anyhow::anyhow!("config file: {error}"))?;
+    }
     if let Some(secs) = file.idle_timeout_secs {
         config.idle_timeout = Duration::from_secs(secs);
     }
@@ -102,14 +114,29 @@ pub(crate) fn run(args: ServeArgs) -> Result<()> {
         config.drain_deadline = Duration::from_secs(secs);
     }
     config.metrics_listen = args.metrics_listen.or(file.metrics_listen);
+    // Before the server starts and says where it listens, so a signal sent as soon as it has
+    // said so stops it gracefully rather than killing it.
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+    ])
+    .context("cannot install signal handlers")?;
     let shards = config.shards;
-    let server = Server::start(config).with_context(|| {
-        format!("cannot listen on {listen} (or the metrics address): is it free and ours?")
-    })?;
+    let server = match Server::start(config) {
+        Ok(server) => server,
+        Err(StartError::Uring(reason)) => anyhow::bail!("--backend uring: {reason}"),
+        Err(error) => Err(error).with_context(|| {
+            format!("cannot listen on {listen} (or the metrics address): is it free and ours?")
+        })?,
+    };
     println!(
-        "CommuCat listening on {} with {shards} shards (epoll backend)",
-        server.local_addr()
+        "CommuCat listening on {} with {shards} shards ({} backend)",
+        server.local_addr(),
+        server.backend()
     );
+    if let Some(reason) = server.fallback_reason() {
+        println!("io_uring is unavailable, so epoll runs: {reason}");
+    }
     if let Some(addr) = server.metrics_addr() {
         println!("metrics at http://{addr}/metrics");
     }
@@ -119,11 +146,6 @@ pub(crate) fn run(args: ServeArgs) -> Result<()> {
     );
     println!("offline envelopes are kept in memory until durable storage lands");
 
-    let mut signals = signal_hook::iterator::Signals::new([
-        signal_hook::consts::SIGINT,
-        signal_hook::consts::SIGTERM,
-    ])
-    .context("cannot install signal handlers")?;
     let signal = signals.forever().next();
     println!("signal {signal:?}: stopping; clients are told to reconnect");
     server.shutdown();

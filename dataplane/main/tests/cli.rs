@@ -121,11 +121,55 @@ fn help_lists_the_commands() {
 /// its output, connect, send SIGTERM, and wait for a clean exit, each step with a deadline.
 #[test]
 fn serve_starts_accepts_and_stops_on_sigterm() {
+    let line = serve_accepts_and_stops("serve", &[]);
+    assert!(line.ends_with("backend)"), "{line}");
+}
+
+/// Goal: `--backend epoll` forces the epoll backend, and `serve` says which one it runs on.
+#[test]
+fn serve_backend_epoll_runs_on_epoll() {
+    let line = serve_accepts_and_stops("serve-epoll", &["--backend", "epoll"]);
+    assert!(line.ends_with("(epoll backend)"), "{line}");
+}
+
+/// Goal: the config file's `backend` key chooses the backend too.
+#[test]
+fn serve_config_key_backend_epoll_runs_on_epoll() {
+    let dir = temp_dir("serve-config-backend");
+    let config = dir.join("commucat.toml");
+    std::fs::write(&config, "backend = \"epoll\"\n").unwrap();
+    let line = serve_accepts_and_stops(
+        "serve-config-backend-run",
+        &["--config", config.to_str().unwrap()],
+    );
+    assert!(line.ends_with("(epoll backend)"), "{line}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Goal: a misspelt backend is refused before anything starts, naming the choices.
+#[test]
+fn serve_refuses_an_unknown_backend() {
+    let dir = temp_dir("serve-badbackend");
+    let out = commucat()
+        .args(["serve", "--listen", "127.0.0.1:0", "--backend", "kqueue"])
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(stderr.contains("auto, uring or epoll"), "{stderr}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Runs `serve` with `extra` arguments on port 0, connects, stops it with SIGTERM, and returns
+/// the line that says where it listens.
+fn serve_accepts_and_stops(name: &str, extra: &[&str]) -> String {
     use std::io::{BufRead, BufReader};
     use std::sync::mpsc;
     use std::time::Duration;
 
-    let dir = temp_dir("serve");
+    let dir = temp_dir(name);
     let data = dir.join("data");
     let mut child = commucat()
         .args([
@@ -137,6 +181,7 @@ fn serve_starts_accepts_and_stops_on_sigterm() {
             "--data-dir",
         ])
         .arg(&data)
+        .args(extra)
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
@@ -150,12 +195,15 @@ fn serve_starts_accepts_and_stops_on_sigterm() {
         }
     });
     let deadline = Duration::from_secs(20);
-    let addr = loop {
+    let (addr, listening) = loop {
         let line = lines
             .recv_timeout(deadline)
             .expect("serve prints where it listens");
         if let Some(rest) = line.strip_prefix("CommuCat listening on ") {
-            break rest.split_whitespace().next().unwrap().to_string();
+            break (
+                rest.split_whitespace().next().unwrap().to_string(),
+                line.clone(),
+            );
         }
     };
     let key_mode = std::fs::metadata(data.join("server.key"))
@@ -176,7 +224,50 @@ fn serve_starts_accepts_and_stops_on_sigterm() {
         .expect("serve exits after SIGTERM");
     assert!(exit.success(), "{exit:?}");
     drop(stream);
-    let rest: Vec<String> = lines.try_iter().collect();
+    // The reader thread ends at the child's end of output; take every line it forwarded.
+    let mut rest = Vec::new();
+    while let Ok(line) = lines.recv_timeout(deadline) {
+        rest.push(line);
+    }
     assert!(rest.iter().any(|l| l == "stopped"), "{rest:?}");
+    std::fs::remove_dir_all(&dir).unwrap();
+    listening
+}
+
+/// Goal: where io_uring cannot run, `--backend uring` refuses to start and says why and what to
+/// change, while `auto` falls back to epoll and says so. Method: a real cause, not an injected
+/// one: the locked-memory limit lowered below what the io_uring executors need (`ulimit -l`).
+#[test]
+fn serve_backend_uring_refuses_a_too_low_memlock_limit_and_auto_falls_back() {
+    let dir = temp_dir("serve-memlock");
+    let data = dir.join("data");
+    let bin = env!("CARGO_BIN_EXE_commucat");
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(r#"ulimit -l 64 && exec "$0" serve --listen 127.0.0.1:0 --backend uring --data-dir "$1""#)
+        .arg(bin)
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(stderr.contains("RLIMIT_MEMLOCK"), "says why: {stderr}");
+    assert!(
+        stderr.contains("ulimit -l"),
+        "says what to change: {stderr}"
+    );
+
+    // `auto` under the same limit starts on epoll; `timeout` stops it with SIGTERM.
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(r#"ulimit -l 64 && exec timeout --preserve-status -s TERM 2 "$0" serve --listen 127.0.0.1:0 --data-dir "$1""#)
+        .arg(bin)
+        .arg(&data)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(stdout.contains("(epoll backend)"), "{stdout}");
+    assert!(stdout.contains("io_uring is unavailable"), "{stdout}");
+    assert!(out.status.success(), "{:?}", out.status);
     std::fs::remove_dir_all(&dir).unwrap();
 }
