@@ -52,6 +52,9 @@ start() {
       exit 1
     fi
   fi
+  if [ "$(id -u)" = 0 ] && ! id postgres >/dev/null 2>&1; then
+    useradd --system --user-group --home-dir /var/lib/postgresql --shell /usr/sbin/nologin postgres
+  fi
   dir="$(mktemp -d /tmp/commucat-pg.XXXXXX)"
   chmod 0700 "$dir"
   [ "$(id -u)" = 0 ] && chown postgres: "$dir"

@@ -22,7 +22,7 @@ use crate::model::Envelope;
 use crate::{ENVELOPE_BODY_LEN_MAX, Store};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 use tokio::sync::{Semaphore, oneshot};
@@ -66,6 +66,24 @@ impl CommitConfig {
             queue_depth: self.queue_depth.clamp(1, QUEUE_DEPTH_MAX),
         }
     }
+}
+
+/// Counters of a committer since it started (monotonic; read without locks).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CommitStats {
+    /// Transactions attempted.
+    pub batches: u64,
+    /// Transactions that failed as a whole.
+    pub batches_failed: u64,
+    /// Envelopes in committed transactions (stored, duplicates and refusals alike).
+    pub envelopes: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    batches: AtomicU64,
+    batches_failed: AtomicU64,
+    envelopes: AtomicU64,
 }
 
 /// Writes one batch in one transaction (one implementation per backend).
@@ -170,6 +188,7 @@ struct Shared {
     /// One permit per free queue slot: `store` waits on it, `try_submit` tries it.
     room: Arc<Semaphore>,
     closed: AtomicBool,
+    counters: Arc<Counters>,
 }
 
 impl Shared {
@@ -225,15 +244,18 @@ impl GroupCommitter {
         let (queue, requests) = crossbeam_channel::bounded(config.queue_depth + 1);
         let room = Arc::new(Semaphore::new(config.queue_depth));
         let thread_room = Arc::clone(&room);
+        let counters = Arc::new(Counters::default());
+        let thread_counters = Arc::clone(&counters);
         let thread = std::thread::Builder::new()
             .name("store-commit".into())
-            .spawn(move || run(writer, &requests, &thread_room, config))
+            .spawn(move || run(writer, &requests, &thread_room, &thread_counters, config))
             .map_err(|e| StoreError::config(format!("spawn the committer thread: {e}")))?;
         Ok(Self {
             shared: Arc::new(Shared {
                 queue,
                 room,
                 closed: AtomicBool::new(false),
+                counters,
             }),
             thread: Some(thread),
         })
@@ -276,6 +298,16 @@ impl GroupCommitter {
             inbox,
             in_flight: 0,
             in_flight_max: in_flight_max.max(1),
+        }
+    }
+
+    /// The committer's counters.
+    pub fn stats(&self) -> CommitStats {
+        let c = &self.shared.counters;
+        CommitStats {
+            batches: c.batches.load(Ordering::Relaxed),
+            batches_failed: c.batches_failed.load(Ordering::Relaxed),
+            envelopes: c.envelopes.load(Ordering::Relaxed),
         }
     }
 
@@ -406,6 +438,7 @@ fn run(
     mut writer: Box<dyn BatchWriter>,
     requests: &Receiver<Msg>,
     room: &Semaphore,
+    counters: &Counters,
     config: CommitConfig,
 ) {
     let mut batch: Vec<Request> = Vec::with_capacity(config.batch_envelopes_max);
@@ -438,7 +471,7 @@ fn run(
                 take(&mut batch, request, room);
             }
         }
-        commit(&mut *writer, &mut batch, &mut outcomes, &mut woken, config);
+        commit(&mut *writer, &mut batch, &mut outcomes, &mut woken, counters, config);
     }
 }
 
@@ -460,6 +493,7 @@ fn commit(
     batch: &mut Vec<Request>,
     outcomes: &mut Vec<Result<(), StoreError>>,
     woken: &mut Vec<Arc<Sink>>,
+    counters: &Counters,
     config: CommitConfig,
 ) {
     while !batch.is_empty() {
@@ -469,6 +503,11 @@ fn commit(
         let envelopes: Vec<&Envelope> = chunk.iter().map(|r| &r.envelope).collect();
         let result = writer.write(&envelopes, outcomes);
         drop(envelopes);
+        counters.batches.fetch_add(1, Ordering::Relaxed);
+        match &result {
+            Ok(()) => counters.envelopes.fetch_add(size as u64, Ordering::Relaxed),
+            Err(_) => counters.batches_failed.fetch_add(1, Ordering::Relaxed),
+        };
         for (i, request) in chunk.into_iter().enumerate() {
             let outcome = match &result {
                 Ok(()) => outcomes

@@ -31,7 +31,7 @@ mod postgres;
 mod sqlite;
 
 pub use commit::{
-    BATCH_ENVELOPES_MAX, BATCH_WAIT_MAX, CommitConfig, Completion, GroupCommitter, QUEUE_DEPTH_MAX,
+    BATCH_ENVELOPES_MAX, BATCH_WAIT_MAX, CommitConfig, CommitStats, Completion, GroupCommitter, QUEUE_DEPTH_MAX,
     RefuseReason, Refused, Submitter,
 };
 pub use error::{Entity, ErrorClass, Invalid, StoreError};
