@@ -49,7 +49,10 @@ fn options() -> Options {
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
-        let mut value = || args.next().unwrap_or_else(|| panic!("{flag} needs a value"));
+        let mut value = || {
+            args.next()
+                .unwrap_or_else(|| panic!("{flag} needs a value"))
+        };
         match flag.as_str() {
             "--seconds" => o.seconds = value().parse().unwrap(),
             "--submitters" => o.submitters = value().parse().unwrap(),
@@ -221,7 +224,9 @@ async fn main() {
         drop(client);
         let _ = driver.await;
     } else {
-        println!("\n(PostgreSQL skipped: pass --postgres URL, e.g. from scripts/postgres.sh start)");
+        println!(
+            "\n(PostgreSQL skipped: pass --postgres URL, e.g. from scripts/postgres.sh start)"
+        );
     }
 }
 

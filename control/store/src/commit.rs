@@ -471,7 +471,14 @@ fn run(
                 take(&mut batch, request, room);
             }
         }
-        commit(&mut *writer, &mut batch, &mut outcomes, &mut woken, counters, config);
+        commit(
+            &mut *writer,
+            &mut batch,
+            &mut outcomes,
+            &mut woken,
+            counters,
+            config,
+        );
     }
 }
 

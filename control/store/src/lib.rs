@@ -28,11 +28,12 @@ mod error;
 pub mod migrate;
 mod model;
 mod postgres;
+mod social;
 mod sqlite;
 
 pub use commit::{
-    BATCH_ENVELOPES_MAX, BATCH_WAIT_MAX, CommitConfig, CommitStats, Completion, GroupCommitter, QUEUE_DEPTH_MAX,
-    RefuseReason, Refused, Submitter,
+    BATCH_ENVELOPES_MAX, BATCH_WAIT_MAX, CommitConfig, CommitStats, Completion, GroupCommitter,
+    QUEUE_DEPTH_MAX, RefuseReason, Refused, Submitter,
 };
 pub use error::{Entity, ErrorClass, Invalid, StoreError};
 pub use model::{
@@ -40,6 +41,10 @@ pub use model::{
     UserId,
 };
 pub use postgres::PgStore;
+pub use social::{
+    Added, ClaimOutcome, Conversation, ConversationKind, FriendRequest, FriendRequestOutcome,
+    GROUP_TITLE_LEN_MAX, Member, NewPairedDevice, Role, UserSummary,
+};
 pub use sqlite::{SQLITE_JOBS_QUEUED_MAX, SqliteStore};
 
 use dp_core::{DeviceId, MessageId};

@@ -150,7 +150,7 @@ impl SqliteStore {
     }
 
     /// Runs `f` on a worker thread and waits for its result without blocking the runtime.
-    async fn call<R, F>(&self, f: F) -> Result<R, StoreError>
+    pub(crate) async fn call<R, F>(&self, f: F) -> Result<R, StoreError>
     where
         R: Send + 'static,
         F: FnOnce(&mut Connection) -> Result<R, StoreError> + Send + 'static,
