@@ -17,7 +17,12 @@
 //! PostgreSQL `synchronous_commit=on`), so both modes are equally durable; they differ only in
 //! how many envelopes share a commit.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)] // a benchmark
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::disallowed_methods
+)] // a benchmark
 
 use control_store::{Backend, CommitConfig, Envelope, GroupCommitter, Store, StoreConfig};
 use dp_core::{DeviceId, MessageId};
