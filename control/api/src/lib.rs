@@ -36,9 +36,11 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
 
-/// The API's bounds.
+/// The API's address and bounds.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ApiConfig {
+    /// Where to listen ([`bind`]); loopback by default, so exposing the API is a decision.
+    pub bind: SocketAddr,
     /// The largest request body accepted, in bytes.
     pub body_limit_bytes: usize,
     /// Requests per source address (IPv4 address or IPv6 /64).
@@ -52,6 +54,7 @@ pub struct ApiConfig {
 impl Default for ApiConfig {
     fn default() -> Self {
         Self {
+            bind: SocketAddr::from(([127, 0, 0, 1], DEFAULT_PORT)),
             body_limit_bytes: 16 * 1024,
             per_source: Rate {
                 burst: 100,
@@ -64,6 +67,14 @@ impl Default for ApiConfig {
             limiter_keys_max: 100_000,
         }
     }
+}
+
+/// The default port of the REST API.
+pub const DEFAULT_PORT: u16 = 7080;
+
+/// Binds the configured address (for [`serve`]).
+pub async fn bind(config: &ApiConfig) -> std::io::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(config.bind).await
 }
 
 /// The state every handler shares: the domain, the admin credential, the channel that carries

@@ -400,6 +400,38 @@ async fn attack_rate_limit_bypassed_with_a_new_source_port(kind: Kind) {
     )
     .await;
     assert_eq!(s, StatusCode::TOO_MANY_REQUESTS, "one /64 is one source");
+
+    // An authenticated identity has its own bucket, whatever address it comes from.
+    let api = api_with(
+        kind,
+        ApiConfig {
+            per_identity: Rate {
+                burst,
+                per_second: 0,
+            },
+            ..ApiConfig::default()
+        },
+    )
+    .await;
+    let alice = user(&api, 1, "alice").await;
+    for i in 0..burst {
+        let from = addr(&format!("203.0.113.{i}:80"));
+        let (s, _) = send(&api.app, Method::GET, "/v1/me", Some(&alice), None, from).await;
+        assert_eq!(s, StatusCode::OK);
+    }
+    let (s, body) = send(
+        &api.app,
+        Method::GET,
+        "/v1/me",
+        Some(&alice),
+        None,
+        addr("203.0.113.99:1"),
+    )
+    .await;
+    assert_eq!(
+        (s, code(&body)),
+        (StatusCode::TOO_MANY_REQUESTS, "rate_limited")
+    );
 }
 
 /// DESIGN.md §6.8, S9/S10: the original's assist endpoint connected to any host:port a

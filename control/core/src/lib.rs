@@ -1059,6 +1059,18 @@ impl Control {
     }
 
     // -----------------------------------------------------------------------------------------
+    // Maintenance.
+
+    /// Deletes pairing codes and session tokens that expired or were used or revoked before
+    /// now; the binary calls it periodically. Returns (codes, tokens) deleted.
+    pub async fn purge_expired(&self) -> Result<(u64, u64), ControlError> {
+        let now = self.now_ms();
+        let codes = self.store.purge_pairing_codes(now).await?;
+        let tokens = self.store.purge_session_tokens(now).await?;
+        Ok((codes, tokens))
+    }
+
+    // -----------------------------------------------------------------------------------------
     // Administration.
 
     /// Up to `max` (at most [`Limits::list_max`]) accounts with an id above `after`.

@@ -38,6 +38,8 @@ conformance!(
     registration_is_atomic,
     friend_request_replay_is_harmless,
     owner_leaving_hands_the_group_on,
+    attack_one_pairing_code_claimed_by_two_devices_at_once,
+    expired_codes_and_tokens_are_purged,
 );
 
 const NOW: u64 = 1_800_000_000_000;
@@ -661,4 +663,66 @@ async fn owner_leaving_hands_the_group_on(kind: Kind) {
         "alice left"
     );
     let _ = carol;
+}
+
+/// Two devices race to claim one code (READ COMMITTED on PostgreSQL, two SQLite threads):
+/// exactly one joins the account.
+async fn attack_one_pairing_code_claimed_by_two_devices_at_once(kind: Kind) {
+    let w = Arc::new(world(kind).await);
+    let (alice, _) = user(&w, 1, "alice").await;
+    for round in 0..5u64 {
+        let code = w.control.create_pairing_code(&alice).await.unwrap();
+        let mut tasks = Vec::new();
+        for i in 0..4u64 {
+            let (w, code) = (w.clone(), code.code.clone());
+            tasks.push(tokio::spawn(async move {
+                let (_, peer) = noise::device(1000 + round * 10 + i);
+                w.control.claim_pairing_code(&peer, &code, "racer").await
+            }));
+        }
+        let mut joined = 0;
+        for task in tasks {
+            match task.await.unwrap() {
+                Ok(_) => joined += 1,
+                Err(ControlError::InvalidPairingCode) => {}
+                Err(other) => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(joined, 1, "round {round}");
+    }
+    let live = w
+        .control
+        .devices(&alice)
+        .await
+        .unwrap()
+        .iter()
+        .filter(|d| d.revoked_at_ms.is_none())
+        .count();
+    assert_eq!(live, 6);
+}
+
+/// The purge deletes expired pairing codes and expired or revoked tokens, and nothing live.
+async fn expired_codes_and_tokens_are_purged(kind: Kind) {
+    let w = world(kind).await;
+    let (alice, _) = user(&w, 1, "alice").await;
+    let _old = w.control.create_pairing_code(&alice).await.unwrap();
+    let revoked = w.control.issue_token(&alice).await.unwrap();
+    w.control
+        .revoke_token(&alice, &revoked.token)
+        .await
+        .unwrap();
+    w.clock.advance_ms(Limits::default().pairing_ttl_ms + 1);
+    let fresh = w.control.create_pairing_code(&alice).await.unwrap();
+    let live = w.control.issue_token(&alice).await.unwrap();
+    assert_eq!(w.control.purge_expired().await.unwrap(), (1, 1));
+    assert_eq!(w.control.purge_expired().await.unwrap(), (0, 0));
+    assert_eq!(
+        w.control.authenticate_token(&live.token).await.unwrap(),
+        alice
+    );
+    let (_, laptop) = noise::device(2);
+    w.control
+        .claim_pairing_code(&laptop, &fresh.code, "laptop")
+        .await
+        .unwrap();
 }

@@ -1383,6 +1383,18 @@ impl Store {
         })
     }
 
+    /// Deletes session tokens that expired, or were revoked, at or before `before_ms`.
+    /// Returns how many.
+    pub async fn purge_session_tokens(&self, before_ms: u64) -> Result<u64, StoreError> {
+        in_tx!(self, |tx| async move {
+            tx.execute(
+                "DELETE FROM session_tokens WHERE expires_at_ms <= $1 OR revoked_at_ms <= $1",
+                &[int(before_ms)],
+            )
+            .await
+        })
+    }
+
     /// Revokes every live session token of `device` (a logout everywhere). Returns how many.
     pub async fn revoke_device_tokens(
         &self,
