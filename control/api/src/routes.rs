@@ -417,11 +417,25 @@ async fn rename_device(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// How long a revocation waits for room on the data plane's command channel.
+const FORWARD_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
 async fn forward(state: &AppState, command: control_core::ControlCommand) -> Result<(), ApiError> {
-    // The revocation is durable already; the command closes live sessions. A closed channel
-    // (no data plane, e.g. in tests without one) is not the client's problem.
-    let _ = state.inner.commands.send(command).await;
-    Ok(())
+    // The revocation is durable already; the command closes live sessions. If the data plane
+    // does not take it in time the client gets `unavailable` and retries (revoking again
+    // returns the command again). A closed channel means no data plane is attached (an API
+    // served on its own): nothing to close.
+    match tokio::time::timeout(FORWARD_WAIT, state.inner.commands.send(command)).await {
+        Ok(_) => Ok(()),
+        Err(_) => {
+            tracing::error!("the data plane did not take a revoke command in time");
+            Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "revoked; closing live sessions is delayed, retry",
+            ))
+        }
+    }
 }
 
 /// Revokes a device of the caller's account (its tokens die and its live sessions close).

@@ -572,14 +572,17 @@ impl Control {
 
     /// Revokes a device of the caller's account (possibly the caller's own): its tokens die
     /// with it, and the returned command tells the data plane to close its live sessions.
-    /// A device of another account is `NotFound`.
+    /// A device of another account is `NotFound`. Revoking again is harmless and returns the
+    /// command again.
     pub async fn revoke_device(
         &self,
         caller: &Caller,
         device: DeviceId,
     ) -> Result<ControlCommand, ControlError> {
+        // Idempotent for the account's own devices: revoking a revoked device again returns
+        // the command again, so a caller whose forwarding failed can retry.
         match self.store.device(device).await? {
-            Some(d) if d.user == caller.user && d.revoked_at_ms.is_none() => {}
+            Some(d) if d.user == caller.user => {}
             _ => return Err(ControlError::NotFound("device")),
         }
         self.store.revoke_device(device, self.now_ms()).await?;

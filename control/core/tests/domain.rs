@@ -441,6 +441,14 @@ async fn attack_revoked_device_keeps_sessions_and_tokens(kind: Kind) {
         .await
         .unwrap();
     assert_eq!(command, ControlCommand::RevokeDevice(laptop.device()));
+    assert_eq!(
+        w.control
+            .revoke_device(&alice, laptop.device())
+            .await
+            .unwrap(),
+        command,
+        "a retry gets the command again"
+    );
     assert!(matches!(
         w.control.authenticate_token(&token.token).await,
         Err(ControlError::Unauthenticated)
