@@ -236,3 +236,49 @@ pub fn generate_admin_credential(path: &Path) -> Result<AdminCredential, Credent
     file.sync_all().map_err(io)?;
     Ok(credential)
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn credential_file_must_be_private_and_never_shows_the_secret() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("admin.key");
+        let credential = generate_admin_credential(&path).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let secret = std::fs::read_to_string(&path).unwrap();
+        let secret = secret.trim();
+        assert!(credential.verify(secret.as_bytes()).is_some());
+        assert!(
+            load_admin_credential(&path)
+                .unwrap()
+                .verify(secret.as_bytes())
+                .is_some()
+        );
+        assert!(
+            generate_admin_credential(&path).is_err(),
+            "never overwritten"
+        );
+
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let err = load_admin_credential(&path).unwrap_err();
+        assert!(matches!(
+            err,
+            CredentialFileError::Permissions { mode: 0o644, .. }
+        ));
+        let shown = format!("{err} {err:?}");
+        assert!(shown.contains("chmod 600"));
+        assert!(!shown.contains(secret));
+
+        std::fs::write(&path, "short").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(matches!(
+            load_admin_credential(&path),
+            Err(CredentialFileError::TooShort { .. })
+        ));
+    }
+}
