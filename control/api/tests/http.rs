@@ -848,7 +848,10 @@ async fn no_input_to_any_documented_route_gets_a_5xx(kind: Kind) {
                             "{method} {concrete} {body:?} -> {s} {answer}"
                         );
                         if !s.is_success() {
-                            assert!(answer["error"]["code"].is_string(), "{method} {concrete}: {answer}");
+                            assert!(
+                                answer["error"]["code"].is_string(),
+                                "{method} {concrete}: {answer}"
+                            );
                         }
                     }
                 }

@@ -41,7 +41,7 @@ pub use control_store::{
 pub use error::ControlError;
 
 use blake2::{Blake2s256, Digest};
-use control_store::{Added, NewPairedDevice};
+use control_store::{Added, NewPairedDevice, SendCheck};
 use dp_core::{ConversationId, DeviceId};
 use dp_noise::PeerAuthenticated;
 use ratelimit::{Rate, RateLimiter};
@@ -1021,44 +1021,18 @@ impl Control {
         device: DeviceId,
         conversation: ConversationId,
     ) -> Result<Vec<DeviceId>, ControlError> {
-        let Some(sender) = self.store.device(device).await? else {
-            return Err(ControlError::Unauthenticated);
-        };
-        if sender.revoked_at_ms.is_some() {
-            return Err(ControlError::Unauthenticated);
-        }
-        if self
-            .store
-            .member_role(conversation, sender.user)
-            .await?
-            .is_none()
-        {
-            return Err(ControlError::NotAMember);
-        }
         let max = usize::try_from(
             self.limits
                 .members_max
                 .saturating_mul(self.limits.devices_per_user_max),
         )
-        .unwrap_or(usize::MAX)
-        .min(control_store::FETCH_LIMIT_MAX * 64);
-        if let Some(c) = self.store.conversation(conversation).await?
-            && c.kind == ConversationKind::Direct
-        {
-            let members = self.store.members(conversation, 2).await?;
-            if let Some(other) = members.iter().find(|m| m.user != sender.user)
-                && !self.store.are_friends(sender.user, other.user).await?
-            {
-                return Err(ControlError::NotFriends);
-            }
+        .unwrap_or(usize::MAX);
+        match self.store.send_check(device, conversation, max).await? {
+            SendCheck::Allowed(devices) => Ok(devices),
+            SendCheck::UnknownDevice => Err(ControlError::Unauthenticated),
+            SendCheck::NotAMember => Err(ControlError::NotAMember),
+            SendCheck::NotFriends => Err(ControlError::NotFriends),
         }
-        Ok(self
-            .store
-            .member_devices(conversation, max)
-            .await?
-            .into_iter()
-            .filter(|d| *d != device)
-            .collect())
     }
 
     // -----------------------------------------------------------------------------------------

@@ -43,7 +43,7 @@ pub use model::{
 pub use postgres::PgStore;
 pub use social::{
     Added, ClaimOutcome, Conversation, ConversationKind, FriendRequest, FriendRequestOutcome,
-    GROUP_TITLE_LEN_MAX, Member, NewPairedDevice, Role, UserSummary,
+    GROUP_TITLE_LEN_MAX, Member, NewPairedDevice, Role, SendCheck, UserSummary,
 };
 pub use sqlite::{SQLITE_JOBS_QUEUED_MAX, SqliteStore};
 

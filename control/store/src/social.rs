@@ -5,7 +5,7 @@
 //! that both backends implement, so that SQLite and PostgreSQL run the same statements (SQL is
 //! written with `$N` placeholders; SQLite receives them as `?N`). An operation runs in one
 //! transaction: committed when it returns `Ok`, rolled back otherwise. On SQLite the
-//! transaction is `BEGIN IMMEDIATE` on a worker thread and the operation's future completes in
+//! transaction is `BEGIN IMMEDIATE` (read-only operations: `BEGIN DEFERRED`) on a worker thread and the operation's future completes in
 //! one poll (every SQLite call is synchronous); on PostgreSQL it runs on a pooled connection
 //! at READ COMMITTED, so every check-then-write that could race is a single conditional
 //! statement (`INSERT … ON CONFLICT DO NOTHING RETURNING`, `UPDATE … WHERE … RETURNING`).
@@ -69,6 +69,19 @@ pub enum Added {
     AlreadyMember,
     /// The conversation has its maximum of members.
     Full,
+}
+
+/// The answer of the per-send membership check ([`Store::send_check`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SendCheck {
+    /// The sending device is unknown or revoked.
+    UnknownDevice,
+    /// Its user is not a member of the conversation (or there is no such conversation).
+    NotAMember,
+    /// A direct conversation whose two users are no longer friends.
+    NotFriends,
+    /// Allowed: the live devices of every member, the sender excluded, in id order.
+    Allowed(Vec<DeviceId>),
 }
 
 /// A pending friend request.
@@ -275,7 +288,8 @@ async fn exists<T: Tx>(tx: &mut T, sql: &'static str, params: &[Val]) -> Result<
     Ok(query_one(tx, sql, params).await?.is_some())
 }
 
-/// SQLite: a `BEGIN IMMEDIATE` transaction on a worker thread's connection.
+/// SQLite: a transaction (`BEGIN IMMEDIATE` for writers, `BEGIN DEFERRED` for read-only
+/// operations) on a worker thread's connection.
 struct SqliteTx<'c> {
     conn: &'c mut rusqlite::Connection,
 }
@@ -443,11 +457,19 @@ impl Tx for PgTx<'_> {
 /// either backend: the same expression is compiled once per backend.
 macro_rules! in_tx {
     ($store:expr, |$tx:ident| $op:expr) => {
+        in_tx!($store, "BEGIN IMMEDIATE", |$tx| $op)
+    };
+    ($store:expr, read, |$tx:ident| $op:expr) => {
+        // A read-only operation: a deferred transaction takes no write lock on SQLite, so it
+        // never waits for the group committer.
+        in_tx!($store, "BEGIN DEFERRED", |$tx| $op)
+    };
+    ($store:expr, $begin:literal, |$tx:ident| $op:expr) => {
         match $store {
             Store::Sqlite(s) => {
                 sqlite_store(s)
                     .call(move |conn| {
-                        conn.execute_batch("BEGIN IMMEDIATE")?;
+                        conn.execute_batch($begin)?;
                         let out = {
                             let mut inner = SqliteTx { conn: &mut *conn };
                             let $tx = &mut inner;
@@ -923,6 +945,69 @@ async fn remove_member<T: Tx>(
     Ok(true)
 }
 
+async fn send_check<T: Tx>(
+    tx: &mut T,
+    device: DeviceId,
+    conversation: ConversationId,
+    max: usize,
+) -> Result<SendCheck, StoreError> {
+    let Some(sender) = query_one(
+        tx,
+        "SELECT user_id FROM devices WHERE id = $1 AND revoked_at_ms IS NULL",
+        &[bytes(&device.0)],
+    )
+    .await?
+    else {
+        return Ok(SendCheck::UnknownDevice);
+    };
+    let user = sender[0].int()?;
+    let Some(kind) = query_one(
+        tx,
+        "SELECT c.kind FROM conversation_members m JOIN conversations c ON c.id = m.conversation_id
+         WHERE m.conversation_id = $1 AND m.user_id = $2",
+        &[conversation_id(conversation), Val::Int(user)],
+    )
+    .await?
+    else {
+        return Ok(SendCheck::NotAMember);
+    };
+    if ConversationKind::parse(&kind[0].text()?)? == ConversationKind::Direct {
+        let other = query_one(
+            tx,
+            "SELECT user_id FROM conversation_members WHERE conversation_id = $1 AND user_id <> $2",
+            &[conversation_id(conversation), Val::Int(user)],
+        )
+        .await?;
+        let friends = match other {
+            Some(row) => {
+                let (low, high) = pair(UserId(user), UserId(row[0].int()?));
+                exists(
+                    tx,
+                    "SELECT 1 FROM friendships WHERE user_low = $1 AND user_high = $2",
+                    &[low, high],
+                )
+                .await?
+            }
+            None => false,
+        };
+        if !friends {
+            return Ok(SendCheck::NotFriends);
+        }
+    }
+    let devices = tx
+        .query(
+            "SELECT d.id FROM conversation_members m JOIN devices d ON d.user_id = m.user_id
+             WHERE m.conversation_id = $1 AND d.revoked_at_ms IS NULL AND d.id <> $2
+             ORDER BY d.id LIMIT $3",
+            &[conversation_id(conversation), bytes(&device.0), limit(max)],
+        )
+        .await?
+        .iter()
+        .map(|r| Ok(DeviceId(convert::blob16(r[0].bytes()?)?)))
+        .collect::<Result<Vec<_>, StoreError>>()?;
+    Ok(SendCheck::Allowed(devices))
+}
+
 // ---------------------------------------------------------------------------------------------
 // The public methods.
 
@@ -943,7 +1028,7 @@ fn check_name(name: &str) -> Result<(), StoreError> {
 impl Store {
     /// Whether the database answers (a `SELECT 1` in a transaction): readiness.
     pub async fn ping(&self) -> Result<(), StoreError> {
-        in_tx!(self, |tx| async move {
+        in_tx!(self, read, |tx| async move {
             tx.query("SELECT 1", &[]).await.map(|_| ())
         })
     }
@@ -965,7 +1050,7 @@ impl Store {
 
     /// The user with this id.
     pub async fn user(&self, user: UserId) -> Result<Option<UserSummary>, StoreError> {
-        in_tx!(self, |tx| async move {
+        in_tx!(self, read, |tx| async move {
             query_one(
                 tx,
                 "SELECT id, handle, created_at_ms FROM users WHERE id = $1",
@@ -981,7 +1066,7 @@ impl Store {
     pub async fn user_by_handle(&self, handle: &str) -> Result<Option<UserSummary>, StoreError> {
         check_handle(handle)?;
         let handle = handle.to_string();
-        in_tx!(self, |tx| async move {
+        in_tx!(self, read, |tx| async move {
             query_one(
                 tx,
                 "SELECT id, handle, created_at_ms FROM users WHERE handle = $1",
@@ -999,7 +1084,7 @@ impl Store {
         after: UserId,
         max: usize,
     ) -> Result<Vec<UserSummary>, StoreError> {
-        in_tx!(self, |tx| async move {
+        in_tx!(self, read, |tx| async move {
             tx.query(
                 "SELECT id, handle, created_at_ms FROM users WHERE id > $1 ORDER BY id LIMIT $2",
                 &[Val::Int(after.0), limit(max)],
@@ -1013,7 +1098,7 @@ impl Store {
 
     /// Up to `max` devices of `user`, revoked ones included, oldest first.
     pub async fn devices_of(&self, user: UserId, max: usize) -> Result<Vec<Device>, StoreError> {
-        in_tx!(self, |tx| async move {
+        in_tx!(self, read, |tx| async move {
             tx.query(
                 "SELECT id, public_key, user_id, name, created_at_ms, revoked_at_ms
                  FROM devices WHERE user_id = $1 ORDER BY created_at_ms, id LIMIT $2",
@@ -1028,7 +1113,7 @@ impl Store {
 
     /// Live devices of `user`.
     pub async fn live_device_count(&self, user: UserId) -> Result<u64, StoreError> {
-        in_tx!(self, |tx| live_devices_count(tx, user))
+        in_tx!(self, read, |tx| live_devices_count(tx, user))
     }
 
     /// Renames a live device of `user`. Returns whether it did (false: no such live device of
@@ -1182,7 +1267,7 @@ impl Store {
         incoming: bool,
         max: usize,
     ) -> Result<Vec<FriendRequest>, StoreError> {
-        in_tx!(self, |tx| friend_requests(tx, user, incoming, max))
+        in_tx!(self, read, |tx| friend_requests(tx, user, incoming, max))
     }
 
     /// Ends the friendship of `a` and `b`. Returns whether there was one.
@@ -1201,7 +1286,7 @@ impl Store {
     /// Whether `a` and `b` are friends (both consented).
     pub async fn are_friends(&self, a: UserId, b: UserId) -> Result<bool, StoreError> {
         let (low, high) = pair(a, b);
-        in_tx!(self, |tx| exists(
+        in_tx!(self, read, |tx| exists(
             tx,
             "SELECT 1 FROM friendships WHERE user_low = $1 AND user_high = $2",
             &[low, high]
@@ -1210,7 +1295,7 @@ impl Store {
 
     /// Up to `max` friends of `user`, by handle.
     pub async fn friends(&self, user: UserId, max: usize) -> Result<Vec<UserSummary>, StoreError> {
-        in_tx!(self, |tx| async move {
+        in_tx!(self, read, |tx| async move {
             tx.query(
                 "SELECT u.id, u.handle, u.created_at_ms FROM friendships f
                  JOIN users u ON u.id = CASE WHEN f.user_low = $1 THEN f.user_high ELSE f.user_low END
@@ -1254,7 +1339,7 @@ impl Store {
         &self,
         id: ConversationId,
     ) -> Result<Option<Conversation>, StoreError> {
-        in_tx!(self, |tx| async move {
+        in_tx!(self, read, |tx| async move {
             query_one(
                 tx,
                 "SELECT id, kind, title, created_by, created_at_ms FROM conversations WHERE id = $1",
@@ -1272,7 +1357,7 @@ impl Store {
         user: UserId,
         max: usize,
     ) -> Result<Vec<Conversation>, StoreError> {
-        in_tx!(self, |tx| async move {
+        in_tx!(self, read, |tx| async move {
             tx.query(
                 "SELECT c.id, c.kind, c.title, c.created_by, c.created_at_ms
                  FROM conversation_members m JOIN conversations c ON c.id = m.conversation_id
@@ -1292,7 +1377,7 @@ impl Store {
         conversation: ConversationId,
         user: UserId,
     ) -> Result<Option<Role>, StoreError> {
-        in_tx!(self, |tx| async move {
+        in_tx!(self, read, |tx| async move {
             query_one(
                 tx,
                 "SELECT role FROM conversation_members WHERE conversation_id = $1 AND user_id = $2",
@@ -1310,7 +1395,7 @@ impl Store {
         conversation: ConversationId,
         max: usize,
     ) -> Result<Vec<Member>, StoreError> {
-        in_tx!(self, |tx| members(tx, conversation, max))
+        in_tx!(self, read, |tx| members(tx, conversation, max))
     }
 
     /// Adds `user` with `role`, unless already a member or the conversation has
@@ -1370,7 +1455,7 @@ impl Store {
         conversation: ConversationId,
         max: usize,
     ) -> Result<Vec<DeviceId>, StoreError> {
-        in_tx!(self, |tx| async move {
+        in_tx!(self, read, |tx| async move {
             tx.query(
                 "SELECT d.id FROM conversation_members m JOIN devices d ON d.user_id = m.user_id
                  WHERE m.conversation_id = $1 AND d.revoked_at_ms IS NULL ORDER BY d.id LIMIT $2",
@@ -1393,6 +1478,17 @@ impl Store {
             )
             .await
         })
+    }
+
+    /// The data plane's per-send check in one read transaction: may `device` send to
+    /// `conversation`, and to which devices (at most `max`)?
+    pub async fn send_check(
+        &self,
+        device: DeviceId,
+        conversation: ConversationId,
+        max: usize,
+    ) -> Result<SendCheck, StoreError> {
+        in_tx!(self, read, |tx| send_check(tx, device, conversation, max))
     }
 
     /// Revokes every live session token of `device` (a logout everywhere). Returns how many.
