@@ -582,18 +582,24 @@ async fn insert_device<T: Tx>(
     {
         return Err(StoreError::Conflict(Entity::DeviceKey));
     }
-    tx.execute(
-        "INSERT INTO devices (id, public_key, user_id, name, created_at_ms)
-         VALUES ($1, $2, $3, $4, $5)",
-        &[
-            bytes(&device.id.0),
-            bytes(&device.public_key),
-            Val::Int(user.0),
-            Val::Text(device.name.clone()),
-            int(now_ms),
-        ],
-    )
-    .await?;
+    // The checks above give the precise conflict; ON CONFLICT covers a concurrent insert of
+    // the same device between them and here (PostgreSQL, READ COMMITTED).
+    let inserted = tx
+        .execute(
+            "INSERT INTO devices (id, public_key, user_id, name, created_at_ms)
+         VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+            &[
+                bytes(&device.id.0),
+                bytes(&device.public_key),
+                Val::Int(user.0),
+                Val::Text(device.name.clone()),
+                int(now_ms),
+            ],
+        )
+        .await?;
+    if inserted == 0 {
+        return Err(StoreError::Conflict(Entity::Device));
+    }
     Ok(())
 }
 
