@@ -40,6 +40,8 @@ conformance!(
     owner_leaving_hands_the_group_on,
     attack_one_pairing_code_claimed_by_two_devices_at_once,
     expired_codes_and_tokens_are_purged,
+    concurrent_direct_conversations_are_one,
+    send_targets_are_live_member_devices_but_the_sender,
 );
 
 const NOW: u64 = 1_800_000_000_000;
@@ -733,4 +735,75 @@ async fn expired_codes_and_tokens_are_purged(kind: Kind) {
         .claim_pairing_code(&laptop, &fresh.code, "laptop")
         .await
         .unwrap();
+}
+
+/// Both friends open their direct conversation at the same moment, several times over: one
+/// conversation, one id, two members.
+async fn concurrent_direct_conversations_are_one(kind: Kind) {
+    let w = Arc::new(world(kind).await);
+    let (alice, _) = user(&w, 1, "alice").await;
+    let (bob, _) = user(&w, 2, "bob").await;
+    friends(&w, &alice, "alice", &bob, "bob").await;
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let w = w.clone();
+        let (me, other) = if i % 2 == 0 {
+            (alice, "bob")
+        } else {
+            (bob, "alice")
+        };
+        tasks.push(tokio::spawn(async move {
+            w.control.direct_conversation(&me, other).await.unwrap()
+        }));
+    }
+    let mut ids = std::collections::BTreeSet::new();
+    for task in tasks {
+        ids.insert(task.await.unwrap());
+    }
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    let id = *ids.iter().next().unwrap();
+    assert_eq!(
+        w.control
+            .conversation(&alice, id)
+            .await
+            .unwrap()
+            .members
+            .len(),
+        2
+    );
+    assert_eq!(w.control.conversations(&bob).await.unwrap().len(), 1);
+}
+
+/// The per-send answer: every live device of every member, the sender's other devices
+/// included, the sender itself and revoked devices excluded.
+async fn send_targets_are_live_member_devices_but_the_sender(kind: Kind) {
+    let w = world(kind).await;
+    let (alice, _) = user(&w, 1, "alice").await;
+    let (bob, _) = user(&w, 2, "bob").await;
+    friends(&w, &alice, "alice", &bob, "bob").await;
+    let mut bob_devices = vec![bob.device()];
+    for seed in [3, 4] {
+        let code = w.control.create_pairing_code(&bob).await.unwrap();
+        let (_, peer) = noise::device(seed);
+        w.control
+            .claim_pairing_code(&peer, &code.code, "extra")
+            .await
+            .unwrap();
+        bob_devices.push(peer.device());
+    }
+    let group = w.control.create_group(&alice, "g").await.unwrap();
+    w.control.invite(&alice, group, "bob").await.unwrap();
+    w.control.revoke_device(&bob, bob_devices[2]).await.unwrap();
+    let mut expected = vec![alice.device(), bob_devices[1]];
+    expected.sort();
+    assert_eq!(
+        w.control.may_send(bob.device(), group).await.unwrap(),
+        expected
+    );
+    let mut from_alice = vec![bob_devices[0], bob_devices[1]];
+    from_alice.sort();
+    assert_eq!(
+        w.control.may_send(alice.device(), group).await.unwrap(),
+        from_alice
+    );
 }
