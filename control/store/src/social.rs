@@ -453,18 +453,69 @@ impl Tx for PgTx<'_> {
     }
 }
 
+/// PostgreSQL, read-only operations: statements on a pooled connection in autocommit.
+struct PgConn<'a> {
+    client: &'a deadpool_postgres::Client,
+}
+
+impl Tx for PgConn<'_> {
+    fn query(
+        &mut self,
+        sql: &'static str,
+        params: &[Val],
+    ) -> impl Future<Output = Result<Vec<Row>, StoreError>> + Send {
+        let boxed = pg_params(params);
+        async move {
+            let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = boxed
+                .iter()
+                .map(|b| b.as_ref() as &(dyn tokio_postgres::types::ToSql + Sync))
+                .collect();
+            let stmt = self.client.prepare_cached(sql).await?;
+            let rows = self.client.query(&stmt, &refs).await?;
+            rows.iter().map(pg_row).collect()
+        }
+    }
+
+    fn execute(
+        &mut self,
+        _sql: &'static str,
+        _params: &[Val],
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send {
+        std::future::ready(Err(StoreError::corrupt(
+            "a write in a read-only operation (a bug)",
+        )))
+    }
+}
+
 /// Runs one operation (an expression over the transaction named `$tx`) in one transaction on
-/// either backend: the same expression is compiled once per backend.
+/// either backend (`read`: a read-only operation, see below): the same expression is compiled
+/// once per backend.
 macro_rules! in_tx {
-    ($store:expr, |$tx:ident| $op:expr) => {
-        in_tx!($store, "BEGIN IMMEDIATE", |$tx| $op)
-    };
-    ($store:expr, read, |$tx:ident| $op:expr) => {
-        // A read-only operation: a deferred transaction takes no write lock on SQLite, so it
-        // never waits for the group committer.
-        in_tx!($store, "BEGIN DEFERRED", |$tx| $op)
-    };
-    ($store:expr, $begin:literal, |$tx:ident| $op:expr) => {
+    (@pg write, $s:expr, |$tx:ident| $op:expr) => {{
+        let mut client = pg_store($s).client().await?;
+        let mut inner = PgTx {
+            tx: client.transaction().await?,
+        };
+        let out = {
+            let $tx = &mut inner;
+            $op.await
+        };
+        if out.is_ok() {
+            inner.tx.commit().await?;
+        } else {
+            let _ = inner.tx.rollback().await;
+        }
+        out
+    }};
+    (@pg read, $s:expr, |$tx:ident| $op:expr) => {{
+        // Reads at READ COMMITTED see each statement's own snapshot inside a transaction or
+        // not: without BEGIN and COMMIT they cost two round trips less.
+        let client = pg_store($s).client().await?;
+        let mut inner = PgConn { client: &client };
+        let $tx = &mut inner;
+        $op.await
+    }};
+    (@run $store:expr, $begin:literal, $mode:ident, |$tx:ident| $op:expr) => {
         match $store {
             Store::Sqlite(s) => {
                 sqlite_store(s)
@@ -487,23 +538,16 @@ macro_rules! in_tx {
                     })
                     .await
             }
-            Store::Postgres(s) => {
-                let mut client = pg_store(s).client().await?;
-                let mut inner = PgTx {
-                    tx: client.transaction().await?,
-                };
-                let out = {
-                    let $tx = &mut inner;
-                    $op.await
-                };
-                if out.is_ok() {
-                    inner.tx.commit().await?;
-                } else {
-                    let _ = inner.tx.rollback().await;
-                }
-                out
-            }
+            Store::Postgres(s) => in_tx!(@pg $mode, s, |$tx| $op),
         }
+    };
+    ($store:expr, read, |$tx:ident| $op:expr) => {
+        // A read-only operation: on SQLite a deferred transaction takes no write lock, so it
+        // never waits for the group committer; on PostgreSQL no transaction at all.
+        in_tx!(@run $store, "BEGIN DEFERRED", read, |$tx| $op)
+    };
+    ($store:expr, |$tx:ident| $op:expr) => {
+        in_tx!(@run $store, "BEGIN IMMEDIATE", write, |$tx| $op)
     };
 }
 
