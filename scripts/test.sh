@@ -13,6 +13,9 @@ step() { printf '\n==> %s\n' "$*"; }
 step "system packages"
 . scripts/packages.sh
 ensure_packages build-essential pkg-config python3 python3-pip python3-venv nats-server
+# PostgreSQL server binaries for the control-store conformance and crash tests (not started
+# as a service: scripts/postgres.sh runs a private throwaway server below).
+ensure_packages postgresql
 
 step "Rust components"
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
@@ -27,7 +30,13 @@ cargo fmt --all --check
 step "cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
-step "cargo nextest (unit, property, vectors, layering, CLI)"
+step "throwaway PostgreSQL for the storage tests (scripts/postgres.sh)"
+COMMUCAT_TEST_POSTGRES_URL="$(scripts/postgres.sh start)"
+export COMMUCAT_TEST_POSTGRES_URL
+trap 'scripts/postgres.sh stop "$COMMUCAT_TEST_POSTGRES_URL"' EXIT
+echo "$COMMUCAT_TEST_POSTGRES_URL"
+
+step "cargo nextest (unit, property, vectors, layering, CLI, storage on SQLite and PostgreSQL)"
 mkdir -p target
 cargo nextest run --workspace --locked --no-fail-fast 2>&1 | tee target/nextest.log
 
