@@ -10,14 +10,20 @@
 //! Options: `--seconds S` per measurement (default 5), `--submitters N` concurrent submitters
 //! (default 4), `--in-flight W` stores each submitter keeps outstanding (default 128),
 //! `--body BYTES` (default 1024), `--batch N` envelopes per group transaction at most
-//! (default 512), `--wait-us U` bounded wait of a group (default 1000), `--dir PATH` where
+//! (default 512), `--wait-us U` bounded wait of a group (default 1000), `--writers W`
+//! committer connections for PostgreSQL (default 2; SQLite always has one), `--dir PATH` where
 //! the SQLite files go (default a temporary directory), `--postgres URL`.
 //!
 //! Every store is acknowledged only after COMMIT (SQLite `synchronous=FULL` in WAL mode,
 //! PostgreSQL `synchronous_commit=on`), so both modes are equally durable; they differ only in
 //! how many envelopes share a commit.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)] // a benchmark
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::disallowed_methods
+)] // a benchmark
 
 use control_store::{Backend, CommitConfig, Envelope, GroupCommitter, Store, StoreConfig};
 use dp_core::{DeviceId, MessageId};
@@ -32,6 +38,7 @@ struct Options {
     body: usize,
     batch: usize,
     wait: Duration,
+    writers: usize,
     dir: Option<std::path::PathBuf>,
     postgres: Option<String>,
 }
@@ -44,12 +51,16 @@ fn options() -> Options {
         body: 1024,
         batch: 512,
         wait: Duration::from_micros(1000),
+        writers: 2,
         dir: None,
         postgres: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
-        let mut value = || args.next().unwrap_or_else(|| panic!("{flag} needs a value"));
+        let mut value = || {
+            args.next()
+                .unwrap_or_else(|| panic!("{flag} needs a value"))
+        };
         match flag.as_str() {
             "--seconds" => o.seconds = value().parse().unwrap(),
             "--submitters" => o.submitters = value().parse().unwrap(),
@@ -57,6 +68,7 @@ fn options() -> Options {
             "--body" => o.body = value().parse().unwrap(),
             "--batch" => o.batch = value().parse().unwrap(),
             "--wait-us" => o.wait = Duration::from_micros(value().parse().unwrap()),
+            "--writers" => o.writers = value().parse().unwrap(),
             "--dir" => o.dir = Some(value().into()),
             "--postgres" => o.postgres = Some(value()),
             other => panic!("unknown option {other}"),
@@ -142,11 +154,13 @@ async fn backend(name: &str, config_of: impl Fn(&str) -> StoreConfig, o: &Option
         batch_envelopes_max: o.batch,
         batch_wait: o.wait,
         queue_depth: 16_384,
+        writers: o.writers,
     };
     let single = CommitConfig {
         batch_envelopes_max: 1,
         batch_wait: Duration::ZERO,
         queue_depth: 16_384,
+        writers: o.writers,
     };
     let mut runs = Vec::new();
     for (mode, commit, tag) in [("single", single, 1u8), ("group", group, 2u8)] {
@@ -173,12 +187,14 @@ async fn backend(name: &str, config_of: impl Fn(&str) -> StoreConfig, o: &Option
 async fn main() {
     let o = options();
     println!(
-        "{} submitters × {} in flight, {}-byte bodies, group batch ≤ {}, wait {} µs, {} s per run",
+        "{} submitters × {} in flight, {}-byte bodies, group batch ≤ {}, wait {} µs, \
+         {} PostgreSQL writers, {} s per run",
         o.submitters,
         o.in_flight,
         o.body,
         o.batch,
         o.wait.as_micros(),
+        o.writers,
         o.seconds
     );
     println!();
@@ -221,7 +237,9 @@ async fn main() {
         drop(client);
         let _ = driver.await;
     } else {
-        println!("\n(PostgreSQL skipped: pass --postgres URL, e.g. from scripts/postgres.sh start)");
+        println!(
+            "\n(PostgreSQL skipped: pass --postgres URL, e.g. from scripts/postgres.sh start)"
+        );
     }
 }
 

@@ -31,8 +31,8 @@ mod postgres;
 mod sqlite;
 
 pub use commit::{
-    BATCH_ENVELOPES_MAX, BATCH_WAIT_MAX, CommitConfig, CommitStats, Completion, GroupCommitter, QUEUE_DEPTH_MAX,
-    RefuseReason, Refused, Submitter,
+    BATCH_ENVELOPES_MAX, BATCH_WAIT_MAX, CommitConfig, CommitStats, Completion, GroupCommitter,
+    QUEUE_DEPTH_MAX, RefuseReason, Refused, Submitter, WRITERS_MAX,
 };
 pub use error::{Entity, ErrorClass, Invalid, StoreError};
 pub use model::{

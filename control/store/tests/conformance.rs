@@ -349,6 +349,7 @@ async fn group_commit_completes_every_request(kind: Kind) {
                 batch_envelopes_max: 32,
                 batch_wait: Duration::from_millis(1),
                 queue_depth: 64,
+                writers: 3,
             },
         )
         .unwrap(),
@@ -480,6 +481,7 @@ async fn closing_the_committer_commits_what_is_queued(kind: Kind) {
             batch_envelopes_max: 50,
             batch_wait: Duration::from_millis(100),
             queue_depth: 1000,
+            writers: 2,
         },
     )
     .unwrap();
