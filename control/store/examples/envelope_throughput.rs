@@ -8,9 +8,9 @@
 //! ```
 //!
 //! Options: `--seconds S` per measurement (default 5), `--submitters N` concurrent submitters
-//! (default 4), `--in-flight W` stores each submitter keeps outstanding (default 128),
+//! (default 4), `--in-flight W` stores each submitter keeps outstanding (default 2048),
 //! `--body BYTES` (default 1024), `--batch N` envelopes per group transaction at most
-//! (default 512), `--wait-us U` bounded wait of a group (default 1000), `--writers W`
+//! (default 4096), `--wait-us U` bounded wait of a group (default 1000), `--writers W`
 //! committer connections for PostgreSQL (default 2; SQLite always has one), `--dir PATH` where
 //! the SQLite files go (default a temporary directory), `--postgres URL`.
 //!
@@ -47,9 +47,9 @@ fn options() -> Options {
     let mut o = Options {
         seconds: 5,
         submitters: 4,
-        in_flight: 128,
+        in_flight: 2048,
         body: 1024,
-        batch: 512,
+        batch: 4096,
         wait: Duration::from_micros(1000),
         writers: 2,
         dir: None,

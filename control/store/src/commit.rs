@@ -28,7 +28,7 @@ use std::time::Duration;
 use tokio::sync::{Semaphore, oneshot};
 
 /// The largest batch a committer may be configured with.
-pub const BATCH_ENVELOPES_MAX: usize = 4096;
+pub const BATCH_ENVELOPES_MAX: usize = 16_384;
 /// The longest bounded wait a committer may be configured with.
 pub const BATCH_WAIT_MAX: Duration = Duration::from_millis(100);
 /// The deepest request queue a committer may be configured with.
@@ -58,7 +58,7 @@ pub struct CommitConfig {
 impl Default for CommitConfig {
     fn default() -> Self {
         Self {
-            batch_envelopes_max: 512,
+            batch_envelopes_max: 4096,
             batch_wait: Duration::from_millis(1),
             queue_depth: 8192,
             writers: 2,
