@@ -13,7 +13,7 @@
 //! - [`GroupCommitter`] owns a thread and a connection of its own per store and commits many
 //!   envelopes per transaction; every request completes only after its COMMIT returned.
 //! - Migrations live in `migrations/{sqlite,postgres}/NNNN_name.sql`, are compiled in, applied
-//!   by [`Store::open`] and [`migrate`], and recorded in `schema_version`; a database newer
+//!   by [`Store::open`] and [`migrate()`], and recorded in `schema_version`; a database newer
 //!   than the code is refused ([`StoreError::SchemaTooNew`]).
 //!
 //! The store reads no clock: every time is a parameter in milliseconds since the Unix epoch.
@@ -174,7 +174,7 @@ pub async fn migrate(config: &StoreConfig) -> Result<Migrated, StoreError> {
     }
 }
 
-/// [`migrate`] for a caller without a tokio runtime (a plain thread, `commucat migrate`): runs
+/// [`migrate()`] for a caller without a tokio runtime (a plain thread, `commucat migrate`): runs
 /// it on a current-thread runtime of its own.
 pub fn migrate_blocking(config: &StoreConfig) -> Result<Migrated, StoreError> {
     tokio::runtime::Builder::new_current_thread()
