@@ -279,6 +279,9 @@ impl GroupCommitter {
 
     /// Stores `envelope` durably: returns `Ok` only after the transaction that holds it has
     /// committed (or if it was already stored). Waits for room when the queue is full.
+    ///
+    /// Dropping the future after the request was queued does not withdraw it: the envelope
+    /// may still be committed. Stores are idempotent, so storing it again is always safe.
     pub async fn store(&self, envelope: Envelope) -> Result<(), StoreError> {
         Shared::validate(&envelope)?;
         if self.shared.closed.load(Ordering::Acquire) {
@@ -302,6 +305,8 @@ impl GroupCommitter {
 
     /// A non-blocking submission handle for a plain thread, with at most `in_flight_max`
     /// submissions outstanding, and `wake` called after each batch that completed any of them.
+    /// `wake` runs on the committer's thread: it must be cheap and never block (a
+    /// `mio::Waker::wake`, an eventfd write, an unpark).
     pub fn submitter(
         &self,
         in_flight_max: usize,

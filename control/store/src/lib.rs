@@ -334,3 +334,43 @@ impl Store {
         dispatch!(self, s => s.revoke_session_token(token, now_ms))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn location_selects_the_backend() {
+        let dir = Path::new("/var/lib/commucat");
+        assert_eq!(
+            StoreConfig::from_location(None, dir).backend,
+            Backend::Sqlite {
+                path: dir.join(SQLITE_FILE_NAME)
+            }
+        );
+        assert_eq!(
+            StoreConfig::from_location(Some("sqlite:/tmp/x.db"), dir).backend,
+            Backend::Sqlite {
+                path: PathBuf::from("/tmp/x.db")
+            }
+        );
+        for url in ["postgres://u@db/c", "postgresql://u@db/c"] {
+            assert_eq!(
+                StoreConfig::from_location(Some(url), dir).backend,
+                Backend::Postgres {
+                    url: url.to_string()
+                }
+            );
+        }
+    }
+
+    #[test]
+    fn debug_never_prints_a_postgres_url() {
+        let config = StoreConfig::with_backend(Backend::Postgres {
+            url: "postgres://user:hunter2@db/commucat".to_string(),
+        });
+        let printed = format!("{config:?}");
+        assert!(!printed.contains("hunter2"), "{printed}");
+        assert!(printed.contains("Postgres"));
+    }
+}
