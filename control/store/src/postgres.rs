@@ -50,6 +50,14 @@ pub(crate) fn parse_url(
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(timeout);
     }
+    // A lock wait longer than the busy timeout fails (SQLSTATE 55P03, transient), as SQLite's
+    // `busy_timeout` does, instead of holding a connection and its callers indefinitely.
+    let lock_timeout = format!("-c lock_timeout={}", timeout.as_millis().max(1));
+    let options = match config.get_options() {
+        Some(options) if !options.is_empty() => format!("{options} {lock_timeout}"),
+        _ => lock_timeout,
+    };
+    config.options(options);
     config.application_name("commucat");
     Ok(config)
 }
