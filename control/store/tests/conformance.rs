@@ -686,3 +686,19 @@ async fn a_lock_held_past_the_busy_timeout_is_transient_and_passes(kind: Kind) {
     assert_eq!(t.store.count_pending(device(1)).await.unwrap(), 2);
     assert!(committer.stats().batches_failed >= 1);
 }
+
+/// Goal: `commucat migrate` can migrate from a plain thread with no runtime. Method: call
+/// `migrate_blocking` twice on a new SQLite file outside any runtime.
+#[test]
+fn migrate_blocking_needs_no_runtime() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = control_store::StoreConfig::in_data_dir(dir.path());
+    let first = control_store::migrate_blocking(&config).unwrap();
+    assert_eq!((first.from, first.to), (0, SCHEMA_VERSION_LATEST));
+    let second = control_store::migrate_blocking(&config).unwrap();
+    assert_eq!(
+        (second.from, second.to),
+        (SCHEMA_VERSION_LATEST, SCHEMA_VERSION_LATEST)
+    );
+    assert!(dir.path().join(control_store::SQLITE_FILE_NAME).exists());
+}
