@@ -95,6 +95,9 @@ CREATE INDEX session_tokens_by_expiry ON session_tokens (expires_at_ms);
 -- never reused, even after the newest row is deleted. The envelope stores are idempotent per
 -- (recipient, message_id). Device ids carry no foreign key: the data plane may hold envelopes
 -- for devices the control plane has not seen yet.
+-- One index keyed by recipient, not two: its entries carry the rowid (= seq), so a drain in
+-- seq order reads the recipient's index range and sorts it (bounded by the inbox bound),
+-- while every store dirties one random index page instead of two.
 CREATE TABLE envelopes (
     seq             INTEGER PRIMARY KEY AUTOINCREMENT,
     recipient       BLOB    NOT NULL CHECK (length(recipient) = 16),
@@ -106,7 +109,6 @@ CREATE TABLE envelopes (
     body            BLOB    NOT NULL
 ) STRICT;
 CREATE UNIQUE INDEX envelopes_by_message ON envelopes (recipient, message_id);
-CREATE INDEX envelopes_by_recipient ON envelopes (recipient, seq);
 CREATE INDEX envelopes_by_expiry ON envelopes (expires_at_ms);
 
 -- Pending envelopes per recipient, kept in the same transactions as `envelopes`, so that the

@@ -8,9 +8,10 @@
 //! ```
 //!
 //! Options: `--seconds S` per measurement (default 5), `--submitters N` concurrent submitters
-//! (default 4), `--in-flight W` stores each submitter keeps outstanding (default 128),
+//! (default 4), `--in-flight W` stores each submitter keeps outstanding (default 2048),
 //! `--body BYTES` (default 1024), `--batch N` envelopes per group transaction at most
-//! (default 512), `--wait-us U` bounded wait of a group (default 1000), `--dir PATH` where
+//! (default 4096), `--wait-us U` bounded wait of a group (default 1000), `--writers W`
+//! committer connections for PostgreSQL (default 2; SQLite always has one), `--dir PATH` where
 //! the SQLite files go (default a temporary directory), `--postgres URL`.
 //!
 //! Every store is acknowledged only after COMMIT (SQLite `synchronous=FULL` in WAL mode,
@@ -37,6 +38,7 @@ struct Options {
     body: usize,
     batch: usize,
     wait: Duration,
+    writers: usize,
     dir: Option<std::path::PathBuf>,
     postgres: Option<String>,
 }
@@ -45,10 +47,11 @@ fn options() -> Options {
     let mut o = Options {
         seconds: 5,
         submitters: 4,
-        in_flight: 128,
+        in_flight: 2048,
         body: 1024,
-        batch: 512,
+        batch: 4096,
         wait: Duration::from_micros(1000),
+        writers: 2,
         dir: None,
         postgres: None,
     };
@@ -65,6 +68,7 @@ fn options() -> Options {
             "--body" => o.body = value().parse().unwrap(),
             "--batch" => o.batch = value().parse().unwrap(),
             "--wait-us" => o.wait = Duration::from_micros(value().parse().unwrap()),
+            "--writers" => o.writers = value().parse().unwrap(),
             "--dir" => o.dir = Some(value().into()),
             "--postgres" => o.postgres = Some(value()),
             other => panic!("unknown option {other}"),
@@ -150,11 +154,13 @@ async fn backend(name: &str, config_of: impl Fn(&str) -> StoreConfig, o: &Option
         batch_envelopes_max: o.batch,
         batch_wait: o.wait,
         queue_depth: 16_384,
+        writers: o.writers,
     };
     let single = CommitConfig {
         batch_envelopes_max: 1,
         batch_wait: Duration::ZERO,
         queue_depth: 16_384,
+        writers: o.writers,
     };
     let mut runs = Vec::new();
     for (mode, commit, tag) in [("single", single, 1u8), ("group", group, 2u8)] {
@@ -181,12 +187,14 @@ async fn backend(name: &str, config_of: impl Fn(&str) -> StoreConfig, o: &Option
 async fn main() {
     let o = options();
     println!(
-        "{} submitters × {} in flight, {}-byte bodies, group batch ≤ {}, wait {} µs, {} s per run",
+        "{} submitters × {} in flight, {}-byte bodies, group batch ≤ {}, wait {} µs, \
+         {} PostgreSQL writers, {} s per run",
         o.submitters,
         o.in_flight,
         o.body,
         o.batch,
         o.wait.as_micros(),
+        o.writers,
         o.seconds
     );
     println!();

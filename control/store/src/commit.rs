@@ -28,11 +28,13 @@ use std::time::Duration;
 use tokio::sync::{Semaphore, oneshot};
 
 /// The largest batch a committer may be configured with.
-pub const BATCH_ENVELOPES_MAX: usize = 4096;
+pub const BATCH_ENVELOPES_MAX: usize = 16_384;
 /// The longest bounded wait a committer may be configured with.
 pub const BATCH_WAIT_MAX: Duration = Duration::from_millis(100);
 /// The deepest request queue a committer may be configured with.
 pub const QUEUE_DEPTH_MAX: usize = 1 << 20;
+/// The most writer threads (connections) a committer may be configured with.
+pub const WRITERS_MAX: usize = 16;
 
 /// How a committer batches.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -46,14 +48,20 @@ pub struct CommitConfig {
     /// Requests queued (not yet taken into a batch) at most; past it `store` waits and
     /// `try_submit` refuses.
     pub queue_depth: usize,
+    /// Writer threads, each with its own connection, taking batches from the one queue.
+    /// PostgreSQL runs several transactions at once (they overlap their inserts and serialise
+    /// only on the recipients' counter rows until COMMIT); SQLite has one writer at a time, so
+    /// it always uses one.
+    pub writers: usize,
 }
 
 impl Default for CommitConfig {
     fn default() -> Self {
         Self {
-            batch_envelopes_max: 512,
+            batch_envelopes_max: 4096,
             batch_wait: Duration::from_millis(1),
             queue_depth: 8192,
+            writers: 2,
         }
     }
 }
@@ -64,6 +72,7 @@ impl CommitConfig {
             batch_envelopes_max: self.batch_envelopes_max.clamp(1, BATCH_ENVELOPES_MAX),
             batch_wait: self.batch_wait.min(BATCH_WAIT_MAX),
             queue_depth: self.queue_depth.clamp(1, QUEUE_DEPTH_MAX),
+            writers: self.writers.clamp(1, WRITERS_MAX),
         }
     }
 }
@@ -218,7 +227,7 @@ impl Shared {
 /// The group committer of one store: a thread, a connection and a bounded queue.
 pub struct GroupCommitter {
     shared: Arc<Shared>,
-    thread: Option<JoinHandle<()>>,
+    threads: Vec<JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for GroupCommitter {
@@ -235,34 +244,44 @@ impl GroupCommitter {
     /// batch (and again after a failed one), so a database that is down at start-up shows as
     /// transient errors on stores, not as a failure here.
     pub fn start(store: &Store, config: CommitConfig) -> Result<Self, StoreError> {
-        let config = config.clamped();
-        let writer: Box<dyn BatchWriter> = match store {
-            Store::Sqlite(s) => Box::new(crate::sqlite::SqliteWriter::new(s)),
-            Store::Postgres(s) => Box::new(crate::postgres::PgWriter::new(s)?),
-        };
-        // One slot more than the permits: room for the stop message.
-        let (queue, requests) = crossbeam_channel::bounded(config.queue_depth + 1);
+        let mut config = config.clamped();
+        if matches!(store, Store::Sqlite(_)) {
+            config.writers = 1;
+        }
+        // One slot per writer more than the permits: room for the stop messages.
+        let (queue, requests) = crossbeam_channel::bounded(config.queue_depth + config.writers);
         let room = Arc::new(Semaphore::new(config.queue_depth));
-        let thread_room = Arc::clone(&room);
         let counters = Arc::new(Counters::default());
-        let thread_counters = Arc::clone(&counters);
-        let thread = std::thread::Builder::new()
-            .name("store-commit".into())
-            .spawn(move || run(writer, &requests, &thread_room, &thread_counters, config))
-            .map_err(|e| StoreError::config(format!("spawn the committer thread: {e}")))?;
-        Ok(Self {
+        let mut committer = Self {
             shared: Arc::new(Shared {
                 queue,
-                room,
+                room: Arc::clone(&room),
                 closed: AtomicBool::new(false),
-                counters,
+                counters: Arc::clone(&counters),
             }),
-            thread: Some(thread),
-        })
+            threads: Vec::with_capacity(config.writers),
+        };
+        for index in 0..config.writers {
+            let writer: Box<dyn BatchWriter> = match store {
+                Store::Sqlite(s) => Box::new(crate::sqlite::SqliteWriter::new(s)),
+                Store::Postgres(s) => Box::new(crate::postgres::PgWriter::new(s)?),
+            };
+            let (requests, room, counters) =
+                (requests.clone(), Arc::clone(&room), Arc::clone(&counters));
+            let thread = std::thread::Builder::new()
+                .name(format!("store-commit-{index}"))
+                .spawn(move || run(writer, &requests, &room, &counters, config))
+                .map_err(|e| StoreError::config(format!("spawn a committer thread: {e}")))?;
+            committer.threads.push(thread);
+        }
+        Ok(committer)
     }
 
     /// Stores `envelope` durably: returns `Ok` only after the transaction that holds it has
     /// committed (or if it was already stored). Waits for room when the queue is full.
+    ///
+    /// Dropping the future after the request was queued does not withdraw it: the envelope
+    /// may still be committed. Stores are idempotent, so storing it again is always safe.
     pub async fn store(&self, envelope: Envelope) -> Result<(), StoreError> {
         Shared::validate(&envelope)?;
         if self.shared.closed.load(Ordering::Acquire) {
@@ -286,6 +305,8 @@ impl GroupCommitter {
 
     /// A non-blocking submission handle for a plain thread, with at most `in_flight_max`
     /// submissions outstanding, and `wake` called after each batch that completed any of them.
+    /// `wake` runs on the committer's thread: it must be cheap and never block (a
+    /// `mio::Waker::wake`, an eventfd write, an unpark).
     pub fn submitter(
         &self,
         in_flight_max: usize,
@@ -325,9 +346,11 @@ impl GroupCommitter {
     fn shutdown(&mut self) {
         self.shared.closed.store(true, Ordering::Release);
         self.shared.room.close();
-        if let Some(thread) = self.thread.take() {
-            // Submitters share the queue's sender, so the thread is told explicitly.
+        // Submitters share the queue's sender, so each thread is told explicitly.
+        for _ in 0..self.threads.len() {
             let _ = self.shared.queue.send(Msg::Stop);
+        }
+        for thread in self.threads.drain(..) {
             let _ = thread.join();
         }
     }
@@ -465,12 +488,9 @@ fn run(
             };
             stopping |= take(&mut batch, next, room);
         }
-        if stopping {
-            // Commit everything still queued before the thread ends.
-            while let Ok(request) = requests.try_recv() {
-                take(&mut batch, request, room);
-            }
-        }
+        // No drain on stop: the stop messages are queued after every request accepted before
+        // `close`, so in FIFO order those have all been taken (by this thread or another)
+        // before any thread sees its stop; draining here could swallow another thread's stop.
         commit(
             &mut *writer,
             &mut batch,

@@ -190,8 +190,9 @@ impl From<tokio_postgres::Error> for StoreError {
         let class = &code.code()[..2];
         match class {
             // Connection exception, transaction rollback (serialization, deadlock), insufficient
-            // resources, operator intervention (shutdown), system error (I/O).
-            "08" | "40" | "53" | "57" | "58" => Self::unavailable(error.to_string()),
+            // resources, object not available (lock timeout), operator intervention
+            // (shutdown), system error (I/O).
+            "08" | "40" | "53" | "55" | "57" | "58" => Self::unavailable(error.to_string()),
             "23" => Self::corrupt(format!(
                 "unexpected constraint violation (a bug or a foreign write): {error}"
             )),

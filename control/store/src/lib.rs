@@ -33,7 +33,7 @@ mod sqlite;
 
 pub use commit::{
     BATCH_ENVELOPES_MAX, BATCH_WAIT_MAX, CommitConfig, CommitStats, Completion, GroupCommitter,
-    QUEUE_DEPTH_MAX, RefuseReason, Refused, Submitter,
+    QUEUE_DEPTH_MAX, RefuseReason, Refused, Submitter, WRITERS_MAX,
 };
 pub use error::{Entity, ErrorClass, Invalid, StoreError};
 pub use model::{
@@ -337,5 +337,45 @@ impl Store {
     ) -> Result<bool, StoreError> {
         let token = token.clone();
         dispatch!(self, s => s.revoke_session_token(token, now_ms))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn location_selects_the_backend() {
+        let dir = Path::new("/var/lib/commucat");
+        assert_eq!(
+            StoreConfig::from_location(None, dir).backend,
+            Backend::Sqlite {
+                path: dir.join(SQLITE_FILE_NAME)
+            }
+        );
+        assert_eq!(
+            StoreConfig::from_location(Some("sqlite:/tmp/x.db"), dir).backend,
+            Backend::Sqlite {
+                path: PathBuf::from("/tmp/x.db")
+            }
+        );
+        for url in ["postgres://u@db/c", "postgresql://u@db/c"] {
+            assert_eq!(
+                StoreConfig::from_location(Some(url), dir).backend,
+                Backend::Postgres {
+                    url: url.to_string()
+                }
+            );
+        }
+    }
+
+    #[test]
+    fn debug_never_prints_a_postgres_url() {
+        let config = StoreConfig::with_backend(Backend::Postgres {
+            url: "postgres://user:hunter2@db/commucat".to_string(),
+        });
+        let printed = format!("{config:?}");
+        assert!(!printed.contains("hunter2"), "{printed}");
+        assert!(printed.contains("Postgres"));
     }
 }

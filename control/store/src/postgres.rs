@@ -50,6 +50,14 @@ pub(crate) fn parse_url(
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(timeout);
     }
+    // A lock wait longer than the busy timeout fails (SQLSTATE 55P03, transient), as SQLite's
+    // `busy_timeout` does, instead of holding a connection and its callers indefinitely.
+    let lock_timeout = format!("-c lock_timeout={}", timeout.as_millis().max(1));
+    let options = match config.get_options() {
+        Some(options) if !options.is_empty() => format!("{options} {lock_timeout}"),
+        _ => lock_timeout,
+    };
+    config.options(options);
     config.application_name("commucat");
     Ok(config)
 }
@@ -93,46 +101,44 @@ pub(crate) async fn migrate(client: &mut tokio_postgres::Client) -> Result<Migra
 
 /// The statements of one envelope batch, prepared on the connection that runs it.
 pub(crate) struct BatchStatements {
+    insert: Statement,
     ensure_counts: Statement,
     lock_counts: Statement,
-    insert: Statement,
-    existing: Statement,
+    delete: Statement,
     add_counts: Statement,
 }
 
-const ENSURE_COUNTS: &str = "INSERT INTO inbox_counts (device, pending)
-     SELECT d, 0 FROM unnest($1::bytea[]) AS d ON CONFLICT (device) DO NOTHING";
-const LOCK_COUNTS: &str = "SELECT device, pending FROM inbox_counts
-     WHERE device = ANY($1::bytea[]) ORDER BY device FOR UPDATE";
 const INSERT: &str = "INSERT INTO envelopes
      (recipient, message_id, sender, conversation_id, sent_at_ms, expires_at_ms, body)
      SELECT * FROM unnest($1::bytea[], $2::bytea[], $3::bytea[], $4::int8[], $5::int8[],
                           $6::int8[], $7::bytea[])
      ON CONFLICT (recipient, message_id) DO NOTHING
-     RETURNING recipient, message_id";
-const EXISTING: &str = "SELECT e.recipient, e.message_id FROM envelopes e
-     JOIN unnest($1::bytea[], $2::bytea[]) AS k(recipient, message_id)
-       ON e.recipient = k.recipient AND e.message_id = k.message_id";
+     RETURNING seq, recipient, message_id";
+const ENSURE_COUNTS: &str = "INSERT INTO inbox_counts (device, pending)
+     SELECT d, 0 FROM unnest($1::bytea[]) AS d ORDER BY d ON CONFLICT (device) DO NOTHING";
+const LOCK_COUNTS: &str = "SELECT device, pending FROM inbox_counts
+     WHERE device = ANY($1::bytea[]) ORDER BY device FOR UPDATE";
+const DELETE: &str = "DELETE FROM envelopes WHERE seq = ANY($1::int8[])";
 const ADD_COUNTS: &str = "UPDATE inbox_counts SET pending = inbox_counts.pending + d.n
      FROM unnest($1::bytea[], $2::int8[]) AS d(device, n) WHERE inbox_counts.device = d.device";
 
 impl BatchStatements {
     async fn prepare(client: &tokio_postgres::Client) -> Result<Self, StoreError> {
         Ok(Self {
+            insert: client.prepare(INSERT).await?,
             ensure_counts: client.prepare(ENSURE_COUNTS).await?,
             lock_counts: client.prepare(LOCK_COUNTS).await?,
-            insert: client.prepare(INSERT).await?,
-            existing: client.prepare(EXISTING).await?,
+            delete: client.prepare(DELETE).await?,
             add_counts: client.prepare(ADD_COUNTS).await?,
         })
     }
 
     async fn prepare_cached(client: &deadpool_postgres::Client) -> Result<Self, StoreError> {
         Ok(Self {
+            insert: client.prepare_cached(INSERT).await?,
             ensure_counts: client.prepare_cached(ENSURE_COUNTS).await?,
             lock_counts: client.prepare_cached(LOCK_COUNTS).await?,
-            insert: client.prepare_cached(INSERT).await?,
-            existing: client.prepare_cached(EXISTING).await?,
+            delete: client.prepare_cached(DELETE).await?,
             add_counts: client.prepare_cached(ADD_COUNTS).await?,
         })
     }
@@ -141,8 +147,12 @@ impl BatchStatements {
 type Key = ([u8; 16], [u8; 16]);
 
 /// Stores `batch` inside `tx` (the caller commits): idempotent per (recipient, message id),
-/// bounded per recipient at `inbox_max`. Counter rows are locked in device order before any
-/// envelope row is touched, the same order every writer uses, so writers never deadlock.
+/// bounded per recipient at `inbox_max`.
+///
+/// Envelopes are inserted first and the recipients' counter rows locked (in device order, the
+/// order every writer takes) only afterwards, so that concurrent batches overlap their inserts
+/// and serialise only on the counters until COMMIT. Rows past a recipient's bound are then
+/// deleted again (the last ones of the batch) and refused with `InboxFull`: the rare path.
 pub(crate) async fn write_envelopes(
     tx: &tokio_postgres::Transaction<'_>,
     stmts: &BatchStatements,
@@ -150,117 +160,21 @@ pub(crate) async fn write_envelopes(
     inbox_max: u64,
     outcomes: &mut Vec<Result<(), StoreError>>,
 ) -> Result<(), StoreError> {
-    let devices: Vec<&[u8]> = batch
+    let recipients: Vec<&[u8]> = batch.iter().map(|e| &e.recipient.0[..]).collect();
+    let messages: Vec<&[u8]> = batch.iter().map(|e| &e.message.0[..]).collect();
+    let senders: Vec<&[u8]> = batch.iter().map(|e| &e.sender.0[..]).collect();
+    let bodies: Vec<&[u8]> = batch.iter().map(|e| &e.body[..]).collect();
+    let conversations: Vec<Option<i64>> = batch
         .iter()
-        .map(|e| &e.recipient.0[..])
-        .collect::<BTreeSet<_>>()
-        .into_iter()
+        .map(|e| e.conversation.map(|c| convert::to_i64(c.0)))
         .collect();
-    tx.execute(&stmts.ensure_counts, &[&devices]).await?;
-    let mut pending: BTreeMap<[u8; 16], u64> = BTreeMap::new();
-    for row in tx.query(&stmts.lock_counts, &[&devices]).await? {
-        let device: &[u8] = row.try_get(0)?;
-        pending.insert(convert::blob16(device)?, convert::to_u64(row.try_get(1)?)?);
-    }
-    let mut added: BTreeMap<[u8; 16], i64> = BTreeMap::new();
-    let mut outcome: Vec<Option<Result<(), StoreError>>> = vec![None; batch.len()];
-    let mut todo: Vec<usize> = (0..batch.len()).collect();
-    // Each round inserts, per recipient, as many envelopes as its inbox has room for. An
-    // envelope that turns out to be a duplicate frees its slot, so another round follows.
-    loop {
-        let mut room: BTreeMap<[u8; 16], u64> = BTreeMap::new();
-        let (mut candidates, mut over) = (Vec::new(), Vec::new());
-        for &i in &todo {
-            let recipient = batch[i].recipient.0;
-            let left = room.entry(recipient).or_insert_with(|| {
-                inbox_max.saturating_sub(pending.get(&recipient).copied().unwrap_or(0))
-            });
-            if *left > 0 {
-                *left -= 1;
-                candidates.push(i);
-            } else {
-                over.push(i);
-            }
-        }
-        if candidates.is_empty() {
-            break;
-        }
-        let inserted = insert(tx, stmts, batch, &candidates).await?;
-        let mut inserted: BTreeSet<Key> = inserted.into_iter().collect();
-        let mut duplicates = false;
-        for &i in &candidates {
-            let key = (batch[i].recipient.0, batch[i].message.0);
-            if inserted.remove(&key) {
-                *pending.entry(key.0).or_default() += 1;
-                *added.entry(key.0).or_default() += 1;
-            } else {
-                duplicates = true;
-            }
-            outcome[i] = Some(Ok(()));
-        }
-        todo = over;
-        if !duplicates || todo.is_empty() {
-            break;
-        }
-    }
-    if !todo.is_empty() {
-        // Over the bound: a retry of a stored envelope still succeeds; a new one is refused.
-        let recipients: Vec<&[u8]> = todo.iter().map(|&i| &batch[i].recipient.0[..]).collect();
-        let messages: Vec<&[u8]> = todo.iter().map(|&i| &batch[i].message.0[..]).collect();
-        let mut existing = BTreeSet::new();
-        for row in tx.query(&stmts.existing, &[&recipients, &messages]).await? {
-            let (r, m): (&[u8], &[u8]) = (row.try_get(0)?, row.try_get(1)?);
-            existing.insert((convert::blob16(r)?, convert::blob16(m)?));
-        }
-        for &i in &todo {
-            let key = (batch[i].recipient.0, batch[i].message.0);
-            outcome[i] = Some(if existing.contains(&key) {
-                Ok(())
-            } else {
-                Err(StoreError::InboxFull {
-                    pending: pending.get(&key.0).copied().unwrap_or(0),
-                    max: inbox_max,
-                })
-            });
-        }
-    }
-    if !added.is_empty() {
-        let devices: Vec<&[u8]> = added.keys().map(|d| &d[..]).collect();
-        let counts: Vec<i64> = added.values().copied().collect();
-        tx.execute(&stmts.add_counts, &[&devices, &counts]).await?;
-    }
-    outcomes.extend(
-        outcome
-            .into_iter()
-            .map(|o| o.unwrap_or_else(|| Err(StoreError::corrupt("envelope left undecided")))),
-    );
-    Ok(())
-}
-
-async fn insert(
-    tx: &tokio_postgres::Transaction<'_>,
-    stmts: &BatchStatements,
-    batch: &[&Envelope],
-    indices: &[usize],
-) -> Result<Vec<Key>, StoreError> {
-    let pick = |f: &dyn Fn(&Envelope) -> &[u8]| -> Vec<&[u8]> {
-        indices.iter().map(|&i| f(batch[i])).collect()
-    };
-    let recipients = pick(&|e| &e.recipient.0);
-    let messages = pick(&|e| &e.message.0);
-    let senders = pick(&|e| &e.sender.0);
-    let bodies = pick(&|e| &e.body);
-    let conversations: Vec<Option<i64>> = indices
+    let sent: Vec<i64> = batch
         .iter()
-        .map(|&i| batch[i].conversation.map(|c| convert::to_i64(c.0)))
+        .map(|e| convert::to_i64(e.sent_at_ms))
         .collect();
-    let sent: Vec<i64> = indices
+    let expires: Vec<i64> = batch
         .iter()
-        .map(|&i| convert::to_i64(batch[i].sent_at_ms))
-        .collect();
-    let expires: Vec<i64> = indices
-        .iter()
-        .map(|&i| convert::to_i64(batch[i].expires_at_ms))
+        .map(|e| convert::to_i64(e.expires_at_ms))
         .collect();
     let rows = tx
         .query(
@@ -276,12 +190,58 @@ async fn insert(
             ],
         )
         .await?;
-    rows.iter()
-        .map(|row| {
-            let (r, m): (&[u8], &[u8]) = (row.try_get(0)?, row.try_get(1)?);
-            Ok((convert::blob16(r)?, convert::blob16(m)?))
-        })
-        .collect()
+    // key → seq of the row this batch inserted.
+    let mut inserted: BTreeMap<Key, i64> = BTreeMap::new();
+    for row in &rows {
+        let (r, m): (&[u8], &[u8]) = (row.try_get(1)?, row.try_get(2)?);
+        inserted.insert((convert::blob16(r)?, convert::blob16(m)?), row.try_get(0)?);
+    }
+    // Per recipient, the keys this batch inserted, in batch order.
+    let mut added: BTreeMap<[u8; 16], Vec<Key>> = BTreeMap::new();
+    let mut first = BTreeSet::new();
+    for e in batch {
+        let key = (e.recipient.0, e.message.0);
+        if inserted.contains_key(&key) && first.insert(key) {
+            added.entry(key.0).or_default().push(key);
+        }
+    }
+    let mut refused: BTreeMap<Key, u64> = BTreeMap::new();
+    if !added.is_empty() {
+        let devices: Vec<&[u8]> = added.keys().map(|d| &d[..]).collect();
+        tx.execute(&stmts.ensure_counts, &[&devices]).await?;
+        let mut pending: BTreeMap<[u8; 16], u64> = BTreeMap::new();
+        for row in tx.query(&stmts.lock_counts, &[&devices]).await? {
+            let device: &[u8] = row.try_get(0)?;
+            pending.insert(convert::blob16(device)?, convert::to_u64(row.try_get(1)?)?);
+        }
+        let mut over_seqs = Vec::new();
+        let mut counts = Vec::with_capacity(added.len());
+        for (device, keys) in &added {
+            let before = pending.get(device).copied().unwrap_or(0);
+            let room = usize::try_from(inbox_max.saturating_sub(before)).unwrap_or(usize::MAX);
+            let kept = keys.len().min(room);
+            for key in &keys[kept..] {
+                over_seqs.push(inserted.get(key).copied().unwrap_or(0));
+                refused.insert(*key, before + kept as u64);
+            }
+            counts.push(kept as i64);
+        }
+        if !over_seqs.is_empty() {
+            tx.execute(&stmts.delete, &[&over_seqs]).await?;
+        }
+        tx.execute(&stmts.add_counts, &[&devices, &counts]).await?;
+    }
+    outcomes.extend(batch.iter().map(|e| {
+        match refused.get(&(e.recipient.0, e.message.0)) {
+            Some(&pending) => Err(StoreError::InboxFull {
+                pending,
+                max: inbox_max,
+            }),
+            // Inserted, or already stored (a retry): both are success.
+            None => Ok(()),
+        }
+    }));
+    Ok(())
 }
 
 impl PgStore {

@@ -33,6 +33,7 @@ conformance!(
     users_and_devices,
     session_tokens_are_stored_hashed_and_checked,
     invalid_input_is_refused_before_the_database,
+    a_lock_held_past_the_busy_timeout_is_transient_and_passes,
 );
 
 const NOW: u64 = 1_800_000_000_000;
@@ -349,6 +350,7 @@ async fn group_commit_completes_every_request(kind: Kind) {
                 batch_envelopes_max: 32,
                 batch_wait: Duration::from_millis(1),
                 queue_depth: 64,
+                writers: 3,
             },
         )
         .unwrap(),
@@ -480,6 +482,7 @@ async fn closing_the_committer_commits_what_is_queued(kind: Kind) {
             batch_envelopes_max: 50,
             batch_wait: Duration::from_millis(100),
             queue_depth: 1000,
+            writers: 2,
         },
     )
     .unwrap();
@@ -662,4 +665,40 @@ async fn invalid_input_is_refused_before_the_database(kind: Kind) {
         Err(StoreError::Invalid(Invalid::Handle))
     );
     assert_eq!(t.store.count_pending(device(1)).await.unwrap(), 0);
+}
+
+/// Goal: a database that stays locked longer than the busy timeout gives a transient error on
+/// both paths (never a hang, never a fatal class), and the same stores succeed once the lock
+/// is gone (the committer recovers its connection). Method: another connection holds the
+/// write lock (SQLite `BEGIN IMMEDIATE`, PostgreSQL `LOCK TABLE`) while the store, with a
+/// 200 ms busy timeout, stores through both paths; then the lock is released.
+async fn a_lock_held_past_the_busy_timeout_is_transient_and_passes(kind: Kind) {
+    let t = support::open_with(kind, |c| c.busy_timeout = Duration::from_millis(200)).await;
+    let committer = GroupCommitter::start(&t.store, CommitConfig::default()).unwrap();
+    let lock = support::hold_write_lock(&t.config).await;
+    let single = t.store.store_envelope(envelope(1, 1)).await.unwrap_err();
+    assert_eq!(single.class(), ErrorClass::Transient, "{single:?}");
+    let grouped = committer.store(envelope(1, 2)).await.unwrap_err();
+    assert_eq!(grouped.class(), ErrorClass::Transient, "{grouped:?}");
+    lock.release().await;
+    t.store.store_envelope(envelope(1, 1)).await.unwrap();
+    committer.store(envelope(1, 2)).await.unwrap();
+    assert_eq!(t.store.count_pending(device(1)).await.unwrap(), 2);
+    assert!(committer.stats().batches_failed >= 1);
+}
+
+/// Goal: `commucat migrate` can migrate from a plain thread with no runtime. Method: call
+/// `migrate_blocking` twice on a new SQLite file outside any runtime.
+#[test]
+fn migrate_blocking_needs_no_runtime() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = control_store::StoreConfig::in_data_dir(dir.path());
+    let first = control_store::migrate_blocking(&config).unwrap();
+    assert_eq!((first.from, first.to), (0, SCHEMA_VERSION_LATEST));
+    let second = control_store::migrate_blocking(&config).unwrap();
+    assert_eq!(
+        (second.from, second.to),
+        (SCHEMA_VERSION_LATEST, SCHEMA_VERSION_LATEST)
+    );
+    assert!(dir.path().join(control_store::SQLITE_FILE_NAME).exists());
 }

@@ -201,3 +201,47 @@ macro_rules! conformance {
         }
     };
 }
+
+/// A write lock held on the store's database from outside the store, until released.
+pub enum WriteLock {
+    Sqlite(rusqlite::Connection),
+    Postgres(tokio_postgres::Client, tokio::task::JoinHandle<()>),
+}
+
+/// Takes the database's write lock: SQLite `BEGIN IMMEDIATE`; PostgreSQL an exclusive lock on
+/// the envelope and counter tables.
+pub async fn hold_write_lock(config: &StoreConfig) -> WriteLock {
+    match &config.backend {
+        Backend::Sqlite { path } => {
+            let conn = rusqlite::Connection::open(path).unwrap();
+            conn.execute_batch("BEGIN IMMEDIATE").unwrap();
+            WriteLock::Sqlite(conn)
+        }
+        Backend::Postgres { url } => {
+            let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+                .await
+                .unwrap();
+            let driver = tokio::spawn(async move {
+                let _ = connection.await;
+            });
+            client
+                .batch_execute("BEGIN; LOCK TABLE envelopes, inbox_counts IN ACCESS EXCLUSIVE MODE")
+                .await
+                .unwrap();
+            WriteLock::Postgres(client, driver)
+        }
+    }
+}
+
+impl WriteLock {
+    pub async fn release(self) {
+        match self {
+            Self::Sqlite(conn) => conn.execute_batch("ROLLBACK").unwrap(),
+            Self::Postgres(client, driver) => {
+                client.batch_execute("ROLLBACK").await.unwrap();
+                drop(client);
+                let _ = driver.await;
+            }
+        }
+    }
+}
