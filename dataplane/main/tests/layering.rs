@@ -40,6 +40,15 @@ const LAYERS: &[(&str, &[&str])] = &[
             "dp-core", "dp-proto", "dp-noise", "dp-link", "dp-quic", "dp-shard",
         ],
     ),
+    // The control side: storage knows ids only; the domain knows the handshake's proof of
+    // identity; the API serves the domain. None of them reaches into the data plane's
+    // machinery.
+    ("control-store", &["dp-core"]),
+    ("control-core", &["dp-core", "dp-noise", "control-store"]),
+    (
+        "control-api",
+        &["dp-core", "dp-noise", "control-core", "control-store"],
+    ),
 ];
 
 fn metadata() -> Value {
