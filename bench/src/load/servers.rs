@@ -349,6 +349,7 @@ fn spawn_commucat(binary: &Path, shards: u16) -> Result<Target> {
     let mut child = Command::new(binary)
         .args([
             "serve",
+            "--no-api",
             "--listen",
             "127.0.0.1:0",
             "--shards",

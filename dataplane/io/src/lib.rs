@@ -29,10 +29,12 @@ mod backend;
 mod control;
 mod link;
 mod metrics;
+mod port;
 mod shard;
 mod uring;
 
 pub use backend::{Backend, StartError, UringUnavailable, probe_uring};
+pub use port::ControlPort;
 
 use core::net::SocketAddr;
 use core::time::Duration;
@@ -155,6 +157,22 @@ impl Server {
     /// With [`Backend::Uring`] it fails with [`StartError::Uring`] when io_uring cannot be
     /// used; with [`Backend::Auto`] it then runs on epoll and says why on stderr.
     pub fn start(config: ServerConfig) -> Result<Self, StartError> {
+        Self::start_with(config, ControlSide::InMemory)
+    }
+
+    /// Like [`Server::start`], with the caller's control side instead of the in-memory one:
+    /// `attach` gets the [`ControlPort`] once the shards run (they may already have sent on
+    /// it) and must keep serving it, for as long as the server runs and after
+    /// [`Server::shutdown`] until the port is empty, so what the shards stored on the way
+    /// out is committed.
+    pub fn start_with_control(
+        config: ServerConfig,
+        attach: impl FnOnce(ControlPort) + Send + 'static,
+    ) -> Result<Self, StartError> {
+        Self::start_with(config, ControlSide::Attach(Box::new(attach)))
+    }
+
+    fn start_with(config: ServerConfig, side: ControlSide) -> Result<Self, StartError> {
         if config.shards == 0 {
             return Err(StartError::Io(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -177,24 +195,45 @@ impl Server {
         };
         let metrics = Arc::new(metrics::Metrics::new(usize::from(config.shards)));
         let metrics_listener = config.metrics_listen.map(metrics::bind).transpose()?;
-        let mut server = match backend {
-            Backend::Uring => match Self::start_uring(&config, &metrics) {
-                Ok(server) => server,
+        let (control_bell, control_poll) = match &side {
+            ControlSide::InMemory => {
+                let poll = mio::Poll::new()?;
+                let waker = mio::Waker::new(poll.registry(), link::WAKER)?;
+                (Doorbell::Mio(Arc::new(waker)), Some(poll))
+            }
+            ControlSide::Attach(_) => (Doorbell::Task(Arc::new(TaskBell::default())), None),
+        };
+        let (mut server, control_links) = match backend {
+            Backend::Uring => match Self::start_uring(&config, &metrics, &control_bell) {
+                Ok(started) => started,
                 // The probe passed but an executor could not be built: auto still falls back.
                 Err(StartError::Uring(reason)) if config.backend == Backend::Auto => {
                     eprintln!("io_uring executors failed, running on epoll: {reason}");
-                    let mut server = Self::start_epoll(&config, &metrics)?;
-                    server.fallback = Some(reason);
-                    server
+                    let mut started = Self::start_epoll(&config, &metrics, &control_bell)?;
+                    started.0.fallback = Some(reason);
+                    started
                 }
                 Err(error) => return Err(error),
             },
             _ => {
-                let mut server = Self::start_epoll(&config, &metrics)?;
-                server.fallback = fallback;
-                server
+                let mut started = Self::start_epoll(&config, &metrics, &control_bell)?;
+                started.0.fallback = fallback;
+                started
             }
         };
+        match (side, control_poll, control_bell) {
+            (ControlSide::InMemory, Some(poll), _) => {
+                let stop = Arc::clone(&server.stop);
+                let thread = std::thread::Builder::new()
+                    .name("commucat-control".into())
+                    .spawn(move || control::run(poll, control_links, stop))?;
+                server.threads.push(thread);
+            }
+            (ControlSide::Attach(attach), _, Doorbell::Task(bell)) => {
+                attach(ControlPort::new(control_links, bell));
+            }
+            _ => unreachable!("the control bell matches the control side"),
+        }
         if let Some(listener) = metrics_listener {
             server.metrics_addr = Some(listener.local_addr()?);
             let stop = Arc::clone(&server.stop);
@@ -206,7 +245,11 @@ impl Server {
         Ok(server)
     }
 
-    fn start_epoll(config: &ServerConfig, metrics: &Arc<metrics::Metrics>) -> io::Result<Self> {
+    fn start_epoll(
+        config: &ServerConfig,
+        metrics: &Arc<metrics::Metrics>,
+        control_bell: &Doorbell,
+    ) -> io::Result<(Self, link::ControlLinks)> {
         let clock = Clock::new();
         let stop = Arc::new(AtomicBool::new(false));
         let routing_key = routing_key();
@@ -221,8 +264,8 @@ impl Server {
         }
 
         let mut polls = Vec::new();
-        let mut bells = Vec::new();
-        for _ in 0..=config.shards {
+        let mut bells = vec![control_bell.clone()];
+        for _ in 0..config.shards {
             let poll = mio::Poll::new()?;
             bells.push(Doorbell::Mio(Arc::new(mio::Waker::new(
                 poll.registry(),
@@ -232,9 +275,8 @@ impl Server {
         }
         let mut mesh = link::Mesh::new(usize::from(config.shards), &bells);
 
+        let control_links = mesh.take_control();
         let mut threads = Vec::new();
-        let control_poll = polls.remove(0);
-        threads.push(spawn_control(control_poll, &mut mesh, &stop)?);
         for (index, (listener, poll)) in listeners.into_iter().zip(polls).enumerate() {
             let links = mesh.take_shard(index);
             let thread = shard::ShardThread::new(
@@ -254,7 +296,7 @@ impl Server {
                     .spawn(move || thread.run())?,
             );
         }
-        Ok(Self {
+        let server = Self {
             local_addr,
             metrics_addr: None,
             stop,
@@ -262,34 +304,33 @@ impl Server {
             threads,
             backend: Backend::Epoll,
             fallback: None,
-        })
+        };
+        Ok((server, control_links))
     }
 
     fn start_uring(
         config: &ServerConfig,
         metrics: &Arc<metrics::Metrics>,
-    ) -> Result<Self, StartError> {
+        control_bell: &Doorbell,
+    ) -> Result<(Self, link::ControlLinks), StartError> {
         log_library_warnings();
         let clock = Clock::new();
         let stop = Arc::new(AtomicBool::new(false));
         let routing_key = routing_key();
         let (placeholder, local_addr) = uring::reserve_port(config.listen)?;
 
-        let control_poll = mio::Poll::new()?;
-        let mut bells = vec![Doorbell::Mio(Arc::new(mio::Waker::new(
-            control_poll.registry(),
-            link::WAKER,
-        )?))];
+        let mut bells = vec![control_bell.clone()];
         for _ in 0..config.shards {
             bells.push(Doorbell::Task(Arc::new(TaskBell::default())));
         }
         let mut mesh = link::Mesh::new(usize::from(config.shards), &bells);
+        let control_links = mesh.take_control();
         let mut server = Self {
             local_addr,
             metrics_addr: None,
             stop: Arc::clone(&stop),
             bells: bells.clone(),
-            threads: vec![spawn_control(control_poll, &mut mesh, &stop)?],
+            threads: Vec::new(),
             backend: Backend::Uring,
             fallback: None,
         };
@@ -333,7 +374,7 @@ impl Server {
             }
         }
         drop(placeholder);
-        Ok(server)
+        Ok((server, control_links))
     }
 
     /// Where the server listens.
@@ -401,14 +442,10 @@ fn routing_key() -> u64 {
     u64::from_le_bytes(key_bytes)
 }
 
-fn spawn_control(
-    poll: mio::Poll,
-    mesh: &mut link::Mesh,
-    stop: &Arc<AtomicBool>,
-) -> io::Result<JoinHandle<()>> {
-    let links = mesh.take_control();
-    let stop = Arc::clone(stop);
-    std::thread::Builder::new()
-        .name("commucat-control".into())
-        .spawn(move || control::run(poll, links, stop))
+/// Who serves the control side of the links.
+enum ControlSide {
+    /// The in-memory control thread (`control.rs`).
+    InMemory,
+    /// The caller's, handed the [`ControlPort`].
+    Attach(Box<dyn FnOnce(ControlPort) + Send>),
 }

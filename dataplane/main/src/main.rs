@@ -1,5 +1,6 @@
 //! `commucat`: the CommuCat server (`serve`) and its command-line tool (`keygen`, `pubkey`).
 
+mod control_side;
 mod serve;
 
 use anyhow::{Context, Result, bail};
@@ -38,6 +39,16 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Apply pending database migrations (serve also applies them at start) and print the
+    /// schema version before and after.
+    Migrate {
+        /// The database: a postgres:// URL, or sqlite:PATH; default DATA_DIR/commucat.sqlite3.
+        #[arg(long, value_name = "URL")]
+        store: Option<String>,
+        /// The data directory holding the default SQLite database.
+        #[arg(long, default_value = "commucat-data")]
+        data_dir: PathBuf,
+    },
     /// Print the public key and device id of a private key file.
     Pubkey {
         /// The private key file written by `keygen`.
@@ -51,7 +62,21 @@ fn main() -> Result<()> {
         Command::Serve(args) => serve::run(args),
         Command::Keygen { out, force } => keygen(&out, force),
         Command::Pubkey { key } => pubkey(&key),
+        Command::Migrate { store, data_dir } => migrate(store.as_deref(), &data_dir),
     }
+}
+
+fn migrate(store: Option<&str>, data_dir: &Path) -> Result<()> {
+    let config = control_store::StoreConfig::from_location(store, data_dir);
+    if let control_store::Backend::Sqlite { path } = &config.backend
+        && let Some(parent) = path.parent()
+    {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("cannot create {}", parent.display()))?;
+    }
+    let migrated = control_store::migrate_blocking(&config).context("migration failed")?;
+    println!("schema version {} -> {}", migrated.from, migrated.to);
+    Ok(())
 }
 
 fn keygen(out: &Path, force: bool) -> Result<()> {

@@ -1,9 +1,11 @@
 //! `commucat serve`: configuration (TOML file, then command-line overrides), the data directory
 //! and server key, start, and shutdown on SIGINT or SIGTERM.
 
+use crate::control_side::ControlSide;
 use crate::{read_key, write_new_key};
 use anyhow::{Context, Result};
 use clap::Args;
+use control_store::{Backend as StoreBackend, StoreConfig};
 use dp_io::{Backend, Server, ServerConfig, StartError};
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -14,8 +16,9 @@ use std::time::Duration;
 /// Command-line settings; each overrides the config file.
 #[derive(Debug, Args)]
 pub(crate) struct ServeArgs {
-    /// A TOML config file (keys: listen, shards, backend, data_dir, key, idle_timeout_secs,
-    /// outbound_bytes_max, conns_per_source_max, drain_deadline_secs, metrics_listen).
+    /// A TOML config file (keys: listen, shards, backend, data_dir, key, store, api_listen,
+    /// idle_timeout_secs, outbound_bytes_max, conns_per_source_max, drain_deadline_secs,
+    /// metrics_listen).
     #[arg(long)]
     config: Option<PathBuf>,
     /// Address to listen on (TCP), e.g. 0.0.0.0:7443; port 0 picks a free port.
@@ -38,6 +41,16 @@ pub(crate) struct ServeArgs {
     /// is asked: bind it to a private address. Off unless given.
     #[arg(long)]
     metrics_listen: Option<SocketAddr>,
+    /// Where offline envelopes and accounts are stored: a postgres:// URL, or sqlite:PATH;
+    /// default DATA_DIR/commucat.sqlite3. Migrations are applied at start.
+    #[arg(long, value_name = "URL")]
+    store: Option<String>,
+    /// Where the REST API listens; default 127.0.0.1:7080 (port 0 picks a free port).
+    #[arg(long)]
+    api_listen: Option<SocketAddr>,
+    /// Run without the REST API.
+    #[arg(long, conflicts_with = "api_listen")]
+    no_api: bool,
 }
 
 /// The config file.
@@ -54,10 +67,16 @@ struct FileConfig {
     conns_per_source_max: Option<u32>,
     drain_deadline_secs: Option<u64>,
     metrics_listen: Option<SocketAddr>,
+    store: Option<String>,
+    api_listen: Option<SocketAddr>,
 }
 
 const LISTEN_DEFAULT: &str = "0.0.0.0:7443";
 const DATA_DIR_DEFAULT: &str = "commucat-data";
+const API_LISTEN_DEFAULT: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(
+    std::net::Ipv4Addr::LOCALHOST,
+    7080,
+));
 
 pub(crate) fn run(args: ServeArgs) -> Result<()> {
     let file = match &args.config {
@@ -121,8 +140,23 @@ pub(crate) fn run(args: ServeArgs) -> Result<()> {
         signal_hook::consts::SIGTERM,
     ])
     .context("cannot install signal handlers")?;
+    let store = args.store.or(file.store);
+    let store_config = StoreConfig::from_location(store.as_deref(), &data_dir);
+    let api_listen = if args.no_api {
+        None
+    } else {
+        Some(
+            args.api_listen
+                .or(file.api_listen)
+                .unwrap_or(API_LISTEN_DEFAULT),
+        )
+    };
+    let (mut control, revoked) = ControlSide::start(&store_config, &data_dir, api_listen)?;
+    let (port_tx, port_rx) = std::sync::mpsc::channel();
     let shards = config.shards;
-    let server = match Server::start(config) {
+    let server = match Server::start_with_control(config, move |port| {
+        let _ = port_tx.send(port);
+    }) {
         Ok(server) => server,
         Err(StartError::Uring(reason)) => anyhow::bail!("--backend uring: {reason}"),
         Err(error) => Err(error).with_context(|| {
@@ -144,11 +178,24 @@ pub(crate) fn run(args: ServeArgs) -> Result<()> {
         "server public key (give it to clients): {}",
         hex::encode(key.public())
     );
-    println!("offline envelopes are kept in memory until durable storage lands");
+    let port = port_rx
+        .recv()
+        .context("the server started without a control port")?;
+    control.attach(port, revoked);
+    match &store_config.backend {
+        StoreBackend::Sqlite { path } => {
+            println!("offline envelopes and accounts: {}", path.display())
+        }
+        StoreBackend::Postgres { .. } => println!("offline envelopes and accounts: PostgreSQL"),
+    }
+    if let Some(addr) = control.api_addr() {
+        println!("REST API at http://{addr}/v1 (OpenAPI at /openapi.json)");
+    }
 
     let signal = signals.forever().next();
     println!("signal {signal:?}: stopping; clients are told to reconnect");
     server.shutdown();
+    control.shutdown();
     println!("stopped");
     Ok(())
 }

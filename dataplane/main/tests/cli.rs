@@ -176,6 +176,8 @@ fn serve_accepts_and_stops(name: &str, extra: &[&str]) -> String {
             "serve",
             "--listen",
             "127.0.0.1:0",
+            "--api-listen",
+            "127.0.0.1:0",
             "--shards",
             "2",
             "--data-dir",
@@ -244,7 +246,7 @@ fn serve_backend_uring_refuses_a_too_low_memlock_limit_and_auto_falls_back() {
     let bin = env!("CARGO_BIN_EXE_commucat");
     let out = Command::new("sh")
         .arg("-c")
-        .arg(r#"ulimit -l 64 && exec "$0" serve --listen 127.0.0.1:0 --backend uring --data-dir "$1""#)
+        .arg(r#"ulimit -l 64 && exec "$0" serve --listen 127.0.0.1:0 --no-api --backend uring --data-dir "$1""#)
         .arg(bin)
         .arg(&data)
         .output()
@@ -260,7 +262,7 @@ fn serve_backend_uring_refuses_a_too_low_memlock_limit_and_auto_falls_back() {
     // `auto` under the same limit starts on epoll; `timeout` stops it with SIGTERM.
     let out = Command::new("sh")
         .arg("-c")
-        .arg(r#"ulimit -l 64 && exec timeout --preserve-status -s TERM 2 "$0" serve --listen 127.0.0.1:0 --data-dir "$1""#)
+        .arg(r#"ulimit -l 64 && exec timeout --preserve-status -s TERM 2 "$0" serve --listen 127.0.0.1:0 --no-api --data-dir "$1""#)
         .arg(bin)
         .arg(&data)
         .output()

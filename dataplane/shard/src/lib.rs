@@ -233,6 +233,14 @@ pub enum ControlEvent {
         /// `Store`s for the device that control took since that `SessionOpened`.
         stores: u64,
     },
+    /// Control could not store the envelope (the recipient's inbox is full, or storage is
+    /// unavailable): its sender hears `SendAck(Retry)`.
+    NotStored {
+        /// Where it came from.
+        origin: Origin,
+        /// Its id.
+        message: MessageId,
+    },
     /// The device was revoked: end its live session on this shard, its home, with
     /// `Error(DEVICE_REVOKED)`. What it had in flight is stored.
     Revoke {
@@ -795,6 +803,10 @@ impl<R: Rng> Shard<R> {
                     // Already stored: if this fails the envelope simply stays in storage.
                     let _ = route::deliver_boxed(self, online.conn, envelope, true);
                 }
+            }
+            ControlEvent::NotStored { origin, message } => {
+                self.stats.refused += 1;
+                route::acknowledge(self, origin, message, SendStatus::Retry, None);
             }
             ControlEvent::Revoke { device } => {
                 if let Some(online) = self.online.get(&device) {

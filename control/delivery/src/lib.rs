@@ -1,0 +1,410 @@
+//! Durable offline delivery: the control side of the shards' links ([`dp_io::ControlPort`]),
+//! on the control store.
+//!
+//! - **Store**: a shard's `Store` request goes to the store's group committer; only when its
+//!   transaction has committed does the origin shard hear `Stored` (and the sender
+//!   `SendAck(Stored)`). A store that fails is answered `NotStored` (the sender hears `Retry`).
+//!   When the committer's queue is full, control stops taking requests from the shards, so
+//!   their link credit runs out and they refuse envelopes upstream: a slow database slows
+//!   senders, it does not fill memory.
+//! - **Drain**: while a device is online, its stored envelopes go to its session in server
+//!   order, a window at a time, each window refilled as the device acknowledges; what it
+//!   acknowledged is deleted. Every `retry_interval` the windows are sent again (a lost
+//!   delivery is redelivered; clients deduplicate by id).
+//! - **Order**: when nothing is stored or being stored for an online device, its shard hears
+//!   `Drained` with the count of `Store`s taken since the session opened (docs/design/0009),
+//!   and live delivery resumes.
+//! - **Revocation**: a revoked device's live session is ended on every shard.
+//!
+//! The loop is one async task; store reads and deletes are awaited in turn (they run on the
+//! store's own threads), commits complete through the committer's non-blocking submitter.
+#![allow(clippy::disallowed_methods)] // the control side owns its clock
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+use control_store::{GroupCommitter, RefuseReason, Store, StoreError, StoredEnvelope, Submitter};
+use core::time::Duration;
+use dp_core::{DeviceId, MessageId};
+use dp_io::ControlPort;
+use dp_shard::{ControlEvent, ControlRequest, Envelope, Origin, ShardId};
+use std::collections::{HashMap, HashSet, VecDeque};
+use tokio::sync::{mpsc, watch};
+
+/// How the delivery loop paces itself.
+#[derive(Clone, Copy, Debug)]
+pub struct DeliveryConfig {
+    /// Stored envelopes sent to one session and not yet acknowledged, at most.
+    pub drain_window: usize,
+    /// How often unacknowledged drains are sent again.
+    pub retry_interval: Duration,
+    /// How long a stored envelope lives before the purge deletes it undelivered.
+    pub ttl: Duration,
+    /// Requests taken from one shard per turn.
+    pub receive_budget: usize,
+    /// Store submissions outstanding at most.
+    pub in_flight_max: usize,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        Self {
+            drain_window: 64,
+            retry_interval: Duration::from_secs(2),
+            ttl: Duration::from_secs(30 * 24 * 3600),
+            receive_budget: 1024,
+            in_flight_max: 16_384,
+        }
+    }
+}
+
+/// The most time between two turns when nothing wakes the loop.
+const IDLE_TURN: Duration = Duration::from_millis(100);
+/// The most expired envelopes one purge deletes.
+const PURGE_BATCH: usize = 10_000;
+/// How often expired envelopes are purged.
+const PURGE_INTERVAL: Duration = Duration::from_secs(60);
+
+/// What control knows of one device.
+#[derive(Default)]
+struct Device {
+    /// Its live session: the shard and the session number from `SessionOpened`.
+    online: Option<(ShardId, u64)>,
+    /// `Store`s taken for it since that `SessionOpened`.
+    stores: u64,
+    /// Stores submitted and not yet completed.
+    committing: u32,
+    /// Stored envelopes sent to the session and not yet acknowledged.
+    window: HashSet<MessageId>,
+}
+
+/// A submitted store.
+struct Pending {
+    origin: Origin,
+    message: MessageId,
+    recipient: DeviceId,
+}
+
+/// The delivery loop's state.
+struct Delivery {
+    port: ControlPort,
+    store: Store,
+    submitter: Submitter,
+    config: DeliveryConfig,
+    devices: HashMap<DeviceId, Device>,
+    tokens: HashMap<u64, Pending>,
+    next_token: u64,
+    /// Requests taken but not yet submitted (the committer was full), in order.
+    held: VecDeque<Box<Envelope>>,
+    /// Devices whose drain needs a look.
+    dirty: Vec<DeviceId>,
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn duration_ms(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Serves `port` until `stop` turns true and everything the shards sent has been taken and
+/// committed. `revoked` carries devices whose sessions must end.
+pub async fn run(
+    port: ControlPort,
+    store: Store,
+    committer: &GroupCommitter,
+    config: DeliveryConfig,
+    mut stop: watch::Receiver<bool>,
+    mut revoked: mpsc::Receiver<DeviceId>,
+) {
+    let submitter = committer.submitter(config.in_flight_max, Some(port.waker()));
+    let mut delivery = Delivery {
+        port,
+        store,
+        submitter,
+        config,
+        devices: HashMap::new(),
+        tokens: HashMap::new(),
+        next_token: 0,
+        held: VecDeque::new(),
+        dirty: Vec::new(),
+    };
+    let mut last_retry = tokio::time::Instant::now();
+    let mut last_purge = tokio::time::Instant::now();
+    loop {
+        let stopping = *stop.borrow();
+        let took = delivery.turn().await;
+        if last_retry.elapsed() >= delivery.config.retry_interval {
+            last_retry = tokio::time::Instant::now();
+            delivery.retry();
+        }
+        if last_purge.elapsed() >= PURGE_INTERVAL {
+            last_purge = tokio::time::Instant::now();
+            if let Err(error) = delivery.store.purge_expired(unix_ms(), PURGE_BATCH).await {
+                eprintln!("control: purging expired envelopes failed: {error}");
+            }
+        }
+        delivery.port.flush();
+        if stopping && !took && delivery.idle() {
+            return;
+        }
+        if took {
+            continue;
+        }
+        let revocation = tokio::select! {
+            () = delivery.port.ready() => None,
+            () = tokio::time::sleep(IDLE_TURN) => None,
+            _ = stop.changed() => None,
+            Some(device) = revoked.recv() => Some(device),
+        };
+        if let Some(device) = revocation {
+            delivery.revoke(device);
+        }
+    }
+}
+
+impl Delivery {
+    /// One pass: submit what was held, take and handle requests, complete commits, drain.
+    /// Returns whether any request was taken.
+    async fn turn(&mut self) -> bool {
+        self.submit_held();
+        let mut requests = Vec::new();
+        if self.held.is_empty() {
+            for shard in 0..self.port.shard_count() {
+                let id = ShardId(u16::try_from(shard).unwrap_or(u16::MAX));
+                let budget = self.config.receive_budget;
+                self.port
+                    .receive(shard, budget, |request| requests.push((id, request)));
+            }
+        }
+        let took = !requests.is_empty();
+        for (from, request) in requests {
+            self.handle(from, request).await;
+        }
+        self.complete();
+        self.drain_dirty().await;
+        took
+    }
+
+    fn idle(&self) -> bool {
+        self.held.is_empty() && self.tokens.is_empty()
+    }
+
+    async fn handle(&mut self, from: ShardId, request: ControlRequest) {
+        match request {
+            ControlRequest::Store(envelope) => {
+                // Answered to `envelope.origin`, which names the shard to tell.
+                let device = self.devices.entry(envelope.recipient).or_default();
+                device.stores += 1;
+                device.committing += 1;
+                self.held.push_back(envelope);
+                self.submit_held();
+            }
+            ControlRequest::SessionOpened { device, session } => {
+                let entry = self.devices.entry(device).or_default();
+                entry.online = Some((from, session));
+                entry.stores = 0;
+                entry.window.clear();
+                self.dirty.push(device);
+            }
+            ControlRequest::SessionClosed { device } => {
+                if let Some(entry) = self.devices.get_mut(&device)
+                    && entry.online.is_some_and(|(shard, _)| shard == from)
+                {
+                    entry.online = None;
+                    entry.window.clear();
+                }
+                self.forget_if_unused(device);
+            }
+            ControlRequest::Acknowledged { device, messages } => {
+                for chunk in messages.chunks(control_store::ACK_IDS_MAX) {
+                    if let Err(error) = self.store.delete_acknowledged(device, chunk).await {
+                        // They stay stored and are delivered again; the client deduplicates.
+                        eprintln!("control: deleting acknowledged envelopes failed: {error}");
+                    }
+                }
+                if let Some(entry) = self.devices.get_mut(&device) {
+                    for message in &messages {
+                        entry.window.remove(message);
+                    }
+                }
+                self.dirty.push(device);
+            }
+        }
+    }
+
+    /// Submits held stores, in order, until the committer refuses one.
+    fn submit_held(&mut self) {
+        let expires_in = duration_ms(self.config.ttl);
+        while let Some(envelope) = self.held.pop_front() {
+            let token = self.next_token;
+            let stored = control_store::Envelope {
+                message: envelope.message,
+                sender: envelope.sender,
+                recipient: envelope.recipient,
+                conversation: None,
+                sent_at_ms: envelope.sent_at_ms,
+                expires_at_ms: envelope.sent_at_ms.saturating_add(expires_in),
+                body: envelope.body.clone(),
+            };
+            match self.submitter.try_submit(token, stored) {
+                Ok(()) => {
+                    self.next_token += 1;
+                    let pending = Pending {
+                        origin: envelope.origin,
+                        message: envelope.message,
+                        recipient: envelope.recipient,
+                    };
+                    self.tokens.insert(token, pending);
+                }
+                Err(refused)
+                    if matches!(
+                        refused.reason,
+                        RefuseReason::Invalid(_) | RefuseReason::Closed
+                    ) =>
+                {
+                    // Not storable (the shard bounds bodies as the store does, so this is a
+                    // misconfiguration) or the committer stopped: the sender hears Retry.
+                    self.not_stored(envelope.origin, envelope.message, envelope.recipient);
+                }
+                Err(_) => {
+                    // Full (or in-flight bound): keep it first in line and stop taking more.
+                    self.held.push_front(envelope);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Answers every store whose transaction has finished.
+    fn complete(&mut self) {
+        while let Some(completion) = self.submitter.poll_completion() {
+            let Some(pending) = self.tokens.remove(&completion.token) else {
+                continue;
+            };
+            match completion.result {
+                Ok(()) => {
+                    let event = ControlEvent::Stored {
+                        origin: pending.origin,
+                        message: pending.message,
+                    };
+                    self.port.send(pending.origin.shard, event);
+                    if let Some(device) = self.devices.get_mut(&pending.recipient) {
+                        device.committing = device.committing.saturating_sub(1);
+                    }
+                    self.dirty.push(pending.recipient);
+                }
+                Err(error) => {
+                    if !matches!(error, StoreError::InboxFull { .. }) {
+                        eprintln!("control: storing an envelope failed: {error}");
+                    }
+                    self.not_stored(pending.origin, pending.message, pending.recipient);
+                }
+            }
+        }
+    }
+
+    fn not_stored(&mut self, origin: Origin, message: MessageId, recipient: DeviceId) {
+        self.port
+            .send(origin.shard, ControlEvent::NotStored { origin, message });
+        if let Some(device) = self.devices.get_mut(&recipient) {
+            device.committing = device.committing.saturating_sub(1);
+        }
+        self.dirty.push(recipient);
+    }
+
+    /// Sends each dirty online device the next stored envelopes its window has room for, or
+    /// tells its shard it is drained.
+    async fn drain_dirty(&mut self) {
+        let mut dirty = core::mem::take(&mut self.dirty);
+        dirty.sort_unstable();
+        dirty.dedup();
+        for device in dirty {
+            self.drain(device).await;
+            self.forget_if_unused(device);
+        }
+    }
+
+    async fn drain(&mut self, device: DeviceId) {
+        let Some(entry) = self.devices.get(&device) else {
+            return;
+        };
+        let Some((shard, session)) = entry.online else {
+            return;
+        };
+        if entry.window.len() >= self.config.drain_window {
+            return;
+        }
+        // From the start each time: a window's worth covers what is in flight and the next
+        // ones (PostgreSQL makes sequence numbers visible in commit order, so paging past the
+        // last one seen could skip a late commit).
+        let limit = self.config.drain_window.min(control_store::FETCH_LIMIT_MAX);
+        let rows = match self.store.fetch_pending(device, 0, limit, unix_ms()).await {
+            Ok(rows) => rows,
+            Err(error) => {
+                eprintln!("control: reading stored envelopes failed: {error}");
+                self.dirty.push(device);
+                return;
+            }
+        };
+        let Some(entry) = self.devices.get_mut(&device) else {
+            return;
+        };
+        if rows.is_empty() {
+            if entry.committing == 0 {
+                let stores = entry.stores;
+                let drained = ControlEvent::Drained {
+                    device,
+                    session,
+                    stores,
+                };
+                self.port.send(shard, drained);
+            }
+            return;
+        }
+        for StoredEnvelope { envelope, .. } in rows {
+            if !entry.window.insert(envelope.message) {
+                continue;
+            }
+            let envelope = Box::new(Envelope::from_storage(
+                envelope.message,
+                envelope.sender,
+                envelope.recipient,
+                envelope.sent_at_ms,
+                envelope.body,
+            ));
+            self.port
+                .send(shard, ControlEvent::Deliver { envelope, session });
+        }
+    }
+
+    /// Sends every online device's window again.
+    fn retry(&mut self) {
+        for (id, device) in &mut self.devices {
+            if device.online.is_some() {
+                device.window.clear();
+                self.dirty.push(*id);
+            }
+        }
+    }
+
+    fn revoke(&mut self, device: DeviceId) {
+        for shard in 0..self.port.shard_count() {
+            let shard = ShardId(u16::try_from(shard).unwrap_or(u16::MAX));
+            self.port.send(shard, ControlEvent::Revoke { device });
+        }
+    }
+
+    /// Drops what control keeps of a device that is offline with nothing being stored.
+    fn forget_if_unused(&mut self, device: DeviceId) {
+        if self
+            .devices
+            .get(&device)
+            .is_some_and(|d| d.online.is_none() && d.committing == 0)
+        {
+            self.devices.remove(&device);
+        }
+    }
+}
