@@ -314,6 +314,7 @@ pub fn start_commucat(how: &CommuCat) -> Result<Target> {
             config.shards = *shards;
             config.conns_per_source_max = 1 << 20;
             config.outbound_bytes_max = 64 << 20;
+            config.inflight_max = 1 << 16;
             config.idle_timeout = Duration::from_secs(3600);
             let server = dp_io::Server::start(config)?;
             Ok(Target {
@@ -340,11 +341,12 @@ fn spawn_commucat(binary: &Path, shards: u16) -> Result<Target> {
     let config = dir.join("serve.toml");
     std::fs::write(
         &config,
-        // The output bound per recipient matches NATS's default `max_pending` (64 MiB), so a
-        // load thread that the shared machine deschedules for a moment gets the same slack
-        // from both servers before it is cut off as a slow consumer.
+        // The output bound per recipient matches NATS's default `max_pending` (64 MiB), and
+        // the unacknowledged envelopes it may hold fill it (65 536 of 1 KiB), so a load thread
+        // that the shared machine deschedules for a moment gets the same slack from both
+        // servers before it is cut off as a slow consumer.
         "idle_timeout_secs = 3600\nconns_per_source_max = 1000000\ndrain_deadline_secs = 2\n\
-         outbound_bytes_max = 67108864\n",
+         outbound_bytes_max = 67108864\ninflight_max = 65536\n",
     )?;
     let mut child = Command::new(binary)
         .args([

@@ -59,6 +59,8 @@ pub struct ServerConfig {
     pub idle_timeout: Duration,
     /// Bytes that may wait for one slow connection before it is cut off.
     pub outbound_bytes_max: usize,
+    /// Envelopes one connection may hold unacknowledged before it is cut off.
+    pub inflight_max: usize,
     /// Connections one source (IPv4 address or IPv6 /64) may hold on each shard.
     pub conns_per_source_max: u32,
     /// How long shutdown waits for output to drain.
@@ -83,6 +85,7 @@ impl ServerConfig {
             key,
             idle_timeout: Duration::from_secs(90),
             outbound_bytes_max: 1 << 20,
+            inflight_max: 4096,
             conns_per_source_max: 4096,
             drain_deadline: Duration::from_secs(5),
             metrics_listen: None,

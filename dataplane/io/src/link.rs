@@ -246,6 +246,32 @@ impl ShardLinks {
         }
     }
 
+    /// Feeds the shard up to `budget` messages from each incoming link (other shards, then
+    /// control) and returns the connections handed over to it, for the backend to adopt with
+    /// their sockets.
+    pub(crate) fn drain<R: Rng>(
+        &mut self,
+        shard: &mut Shard<R>,
+        now: dp_core::Instant,
+        budget: usize,
+    ) -> Vec<(Box<HandOff>, std::net::TcpStream)> {
+        let mut handoffs = Vec::new();
+        for (source, inbox) in self.from_shards.iter_mut().enumerate() {
+            let (Some(inbox), Some(reply)) = (inbox, self.to_shards[source].as_mut()) else {
+                continue;
+            };
+            inbox.drain(budget, reply, |message| match message {
+                PeerMsg::Message(message) => shard.handle_shard_message(now, message),
+                PeerMsg::HandOff(handoff, stream) => handoffs.push((handoff, stream)),
+            });
+        }
+        self.from_control
+            .drain(budget, &mut self.to_control, |event| {
+                shard.handle_control(now, event);
+            });
+        handoffs
+    }
+
     /// Messages held back for lack of credit on this shard's outgoing links, and messages
     /// shed because a backlog was full.
     pub(crate) fn backlog_and_shed(&self) -> (u64, u64) {

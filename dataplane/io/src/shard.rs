@@ -47,6 +47,7 @@ pub(crate) fn new_shard(
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "shard out of range"))?;
     shard_config.idle_timeout = config.idle_timeout;
     shard_config.outbound_bytes_max = config.outbound_bytes_max;
+    shard_config.inflight_max = config.inflight_max;
     shard_config.conns_per_source_max = config.conns_per_source_max;
     let now = clock.now();
     let mut shard = Shard::new(now, shard_config, config.key.clone(), OsRng);
@@ -290,21 +291,7 @@ impl ShardThread {
     }
 
     fn drain_links(&mut self, now: Instant) {
-        let shard = &mut self.shard;
-        let mut handoffs = Vec::new();
-        for (source, inbox) in self.links.from_shards.iter_mut().enumerate() {
-            let (Some(inbox), Some(reply)) = (inbox, self.links.to_shards[source].as_mut()) else {
-                continue;
-            };
-            inbox.drain(LINK_BUDGET, reply, |message| match message {
-                PeerMsg::Message(message) => shard.handle_shard_message(now, message),
-                PeerMsg::HandOff(handoff, stream) => handoffs.push((handoff, stream)),
-            });
-        }
-        let reply = &mut self.links.to_control;
-        self.links
-            .from_control
-            .drain(LINK_BUDGET, reply, |event| shard.handle_control(now, event));
+        let handoffs = self.links.drain(&mut self.shard, now, LINK_BUDGET);
         for (handoff, stream) in handoffs {
             match self.shard.adopt(now, *handoff) {
                 Some(id) => {

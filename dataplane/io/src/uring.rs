@@ -428,21 +428,7 @@ impl Driver {
     }
 
     fn drain_links(&mut self, now: Instant) {
-        let shard = &mut self.shard;
-        let mut handoffs = Vec::new();
-        for (source, inbox) in self.links.from_shards.iter_mut().enumerate() {
-            let (Some(inbox), Some(reply)) = (inbox, self.links.to_shards[source].as_mut()) else {
-                continue;
-            };
-            inbox.drain(LINK_BUDGET, reply, |message| match message {
-                PeerMsg::Message(message) => shard.handle_shard_message(now, message),
-                PeerMsg::HandOff(handoff, stream) => handoffs.push((handoff, stream)),
-            });
-        }
-        let reply = &mut self.links.to_control;
-        self.links
-            .from_control
-            .drain(LINK_BUDGET, reply, |event| shard.handle_control(now, event));
+        let handoffs = self.links.drain(&mut self.shard, now, LINK_BUDGET);
         for (handoff, stream) in handoffs {
             let Some(id) = self.shard.adopt(now, *handoff) else {
                 continue;

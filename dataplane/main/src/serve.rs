@@ -17,7 +17,7 @@ use std::time::Duration;
 #[derive(Debug, Args)]
 pub(crate) struct ServeArgs {
     /// A TOML config file (keys: listen, shards, backend, data_dir, key, store, api_listen,
-    /// idle_timeout_secs, outbound_bytes_max, conns_per_source_max, drain_deadline_secs,
+    /// idle_timeout_secs, outbound_bytes_max, inflight_max, conns_per_source_max, drain_deadline_secs,
     /// metrics_listen).
     #[arg(long)]
     config: Option<PathBuf>,
@@ -64,6 +64,7 @@ struct FileConfig {
     key: Option<PathBuf>,
     idle_timeout_secs: Option<u64>,
     outbound_bytes_max: Option<usize>,
+    inflight_max: Option<usize>,
     conns_per_source_max: Option<u32>,
     drain_deadline_secs: Option<u64>,
     metrics_listen: Option<SocketAddr>,
@@ -122,6 +123,10 @@ pub(crate) fn run(args: ServeArgs) -> Result<()> {
     }
     if let Some(secs) = file.idle_timeout_secs {
         config.idle_timeout = Duration::from_secs(secs);
+    }
+    if let Some(envelopes) = file.inflight_max {
+        anyhow::ensure!(envelopes > 0, "inflight_max must be at least 1");
+        config.inflight_max = envelopes;
     }
     if let Some(bytes) = file.outbound_bytes_max {
         config.outbound_bytes_max = bytes;

@@ -88,6 +88,20 @@ fn server_public(data: &Path) -> [u8; 32] {
     hex::decode(line.trim()).unwrap().try_into().unwrap()
 }
 
+/// Reads the events already there and keeps the ids acknowledged as delivered or stored.
+fn collect_acks(client: &mut Client<SeededRng>, acked: &mut BTreeSet<MessageId>) {
+    while let Ok(Some(event)) = client.next_event(Duration::from_millis(1)) {
+        if let Event::SendAck {
+            message,
+            status: SendStatus::Stored | SendStatus::Delivered,
+            ..
+        } = event
+        {
+            acked.insert(message);
+        }
+    }
+}
+
 fn kill_at_random_moments(name: &str, store: Option<&str>) {
     let seed = u64::from(std::process::id());
     println!("{name}: seed {seed}");
@@ -118,16 +132,7 @@ fn kill_at_random_moments(name: &str, store: Option<&str>) {
                 }
                 sent += 1;
             }
-            while let Ok(Some(event)) = client.next_event(Duration::from_millis(1)) {
-                if let Event::SendAck {
-                    message,
-                    status: SendStatus::Stored | SendStatus::Delivered,
-                    ..
-                } = event
-                {
-                    acked.insert(message);
-                }
-            }
+            collect_acks(&mut client, &mut acked);
         }
         // One more burst, and the kill right behind it, while those are being committed.
         for _ in 0..BURST {
@@ -140,16 +145,7 @@ fn kill_at_random_moments(name: &str, store: Option<&str>) {
         server.kill().unwrap();
         server.wait().unwrap();
         // What arrived before the kill is still read; the connection is gone now.
-        while let Ok(Some(event)) = client.next_event(Duration::from_millis(1)) {
-            if let Event::SendAck {
-                message,
-                status: SendStatus::Stored | SendStatus::Delivered,
-                ..
-            } = event
-            {
-                acked.insert(message);
-            }
-        }
+        collect_acks(&mut client, &mut acked);
         client.abort();
         server = start(&data, port, store);
     }

@@ -11,9 +11,6 @@ use std::collections::VecDeque;
 
 /// The most bytes of one handshake packet on a stream (the largest is about 1.3 KB).
 pub(crate) const HANDSHAKE_PACKET_LEN_MAX: usize = 2048;
-/// The most envelopes queued to one connection and not yet acknowledged by it; past this the
-/// recipient counts as stuck and is disconnected (its envelopes are stored).
-pub(crate) const INFLIGHT_MAX: usize = 4096;
 /// Written output is dropped from the front of a connection's buffer once it is at least this
 /// long and at least half the buffer.
 const OUTBOUND_COMPACT_MIN: usize = 64 * 1024;

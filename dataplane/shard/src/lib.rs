@@ -80,6 +80,9 @@ pub struct ShardConfig {
     /// The most bytes waiting to be written to one connection; a recipient past it is
     /// disconnected with `SLOW_CONSUMER` and its messages go to storage.
     pub outbound_bytes_max: usize,
+    /// The most envelopes queued to one connection and not yet acknowledged by it; past this
+    /// the recipient counts as stuck and is disconnected (its envelopes are stored).
+    pub inflight_max: usize,
     /// A connection that receives nothing for this long is closed.
     pub idle_timeout: Duration,
     /// Handshake policy.
@@ -96,6 +99,7 @@ impl ShardConfig {
             conns_max: 1 << 20,
             conns_per_source_max: 4096,
             outbound_bytes_max: 1 << 20,
+            inflight_max: 4096,
             idle_timeout: Duration::from_secs(90),
             responder: ResponderConfig::default(),
         })

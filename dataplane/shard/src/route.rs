@@ -345,7 +345,7 @@ fn queue_deliver<R: Rng>(shard: &mut Shard<R>, target: ConnId, envelope: &Envelo
     let Some(conn) = shard.conns.get_mut(target) else {
         return false;
     };
-    if conn.inflight.len() >= crate::conn::INFLIGHT_MAX {
+    if conn.inflight.len() >= shard.config.inflight_max {
         shard.stats.slow_consumers += 1;
         shard.close(target, CloseReason::SlowConsumer);
         return false;
