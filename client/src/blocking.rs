@@ -248,6 +248,16 @@ impl<R: Rng> Client<R> {
         self.flush()
     }
 
+    /// Sends a control operation (`Request`); its answer arrives as [`Event::Response`].
+    ///
+    /// # Errors
+    ///
+    /// The connection is closed, or the socket failed.
+    pub fn request(&mut self, request_id: u32, op: u16, body: &[u8]) -> Result<(), Error> {
+        self.conn.request(self.clock.now(), request_id, op, body)?;
+        self.flush()
+    }
+
     /// Writes everything queued.
     ///
     /// # Errors

@@ -159,6 +159,15 @@ pub enum Event {
     },
     /// A new message (duplicates are acknowledged but not reported).
     Delivered(Delivery),
+    /// The answer to [`Connection::request`].
+    Response {
+        /// The request's id.
+        request_id: u32,
+        /// `OK`, or why it failed.
+        status: ErrorCode,
+        /// The result (or, on failure, the server's precise error code as JSON).
+        body: Vec<u8>,
+    },
     /// The answer to [`Connection::ping`] (keepalive answers are not reported).
     Pong {
         /// The nonce sent.
@@ -437,6 +446,26 @@ impl<R: Rng> Connection<R> {
         self.queue_frame(&Frame::Ping(Ping { nonce }))
     }
 
+    /// Queues a control operation (`Request`); the server answers with [`Event::Response`]
+    /// carrying the same `request_id`.
+    pub fn request(
+        &mut self,
+        now: Instant,
+        request_id: u32,
+        op: u16,
+        body: &[u8],
+    ) -> Result<(), ClientError> {
+        self.advance(now);
+        if self.state == State::Closed {
+            return Err(ClientError::Closed);
+        }
+        self.queue_frame(&Frame::Request(dp_proto::Request {
+            request_id,
+            op,
+            body,
+        }))
+    }
+
     /// Closes the connection locally: nothing more is sent; the last event is
     /// [`Event::Closed`] with [`CloseReason::Local`].
     pub fn close(&mut self) {
@@ -630,6 +659,11 @@ impl<R: Rng> Connection<R> {
                 self.keepalive_pending = None;
             }
             Frame::Pong(pong) => self.events.push_back(Event::Pong { nonce: pong.nonce }),
+            Frame::Response(response) => self.events.push_back(Event::Response {
+                request_id: response.request_id,
+                status: response.status,
+                body: response.body.to_vec(),
+            }),
             Frame::Error(error) => self.events.push_back(Event::Error {
                 code: error.code,
                 frame_type: error.frame_type,
@@ -641,7 +675,7 @@ impl<R: Rng> Connection<R> {
                 });
                 self.set_closed(CloseReason::GoAway(go_away.code));
             }
-            // Frames of later features (presence, receipts, calls, requests) are not handled
+            // Frames of later features (presence, receipts, calls) are not handled
             // by this client yet; they are well formed, so they are skipped.
             _ => {}
         }

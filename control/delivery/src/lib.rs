@@ -15,12 +15,16 @@
 //!   `Drained` with the count of `Store`s taken since the session opened (docs/design/0009),
 //!   and live delivery resumes.
 //! - **Revocation**: a revoked device's live session is ended on every shard.
+//! - **Operations**: `Request` frames from sessions run against the control domain
+//!   ([`operations`]), with the identity the session's handshake proved.
 //!
 //! The loop is one async task; store reads and deletes are awaited in turn (they run on the
 //! store's own threads), commits complete through the committer's non-blocking submitter.
 #![allow(clippy::disallowed_methods)] // the control side owns its clock
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
+
+pub mod operations;
 
 use control_store::{GroupCommitter, RefuseReason, Store, StoreError, StoredEnvelope, Submitter};
 use core::time::Duration;
@@ -88,6 +92,7 @@ struct Pending {
 struct Delivery {
     port: ControlPort,
     store: Store,
+    control: std::sync::Arc<control_core::Control>,
     submitter: Submitter,
     config: DeliveryConfig,
     devices: HashMap<DeviceId, Device>,
@@ -110,10 +115,12 @@ fn duration_ms(duration: Duration) -> u64 {
 }
 
 /// Serves `port` until `stop` turns true and everything the shards sent has been taken and
-/// committed. `revoked` carries devices whose sessions must end.
+/// committed. `revoked` carries devices whose sessions must end; `control` answers the
+/// sessions' operations.
 pub async fn run(
     port: ControlPort,
     store: Store,
+    control: std::sync::Arc<control_core::Control>,
     committer: &GroupCommitter,
     config: DeliveryConfig,
     mut stop: watch::Receiver<bool>,
@@ -123,6 +130,7 @@ pub async fn run(
     let mut delivery = Delivery {
         port,
         store,
+        control,
         submitter,
         config,
         devices: HashMap::new(),
@@ -208,6 +216,22 @@ impl Delivery {
                 entry.stores = 0;
                 entry.window.clear();
                 self.dirty.push(device);
+            }
+            ControlRequest::Operation(operation) => {
+                let (status, body) = operations::handle(
+                    &self.control,
+                    &operation.peer,
+                    operation.op,
+                    &operation.body,
+                )
+                .await;
+                let response = ControlEvent::Response {
+                    origin: operation.origin,
+                    request_id: operation.request_id,
+                    status,
+                    body,
+                };
+                self.port.send(operation.origin.shard, response);
             }
             ControlRequest::SessionClosed { device } => {
                 if let Some(entry) = self.devices.get_mut(&device)

@@ -101,6 +101,16 @@ impl Control {
                 self.online.insert(device, online);
                 self.drain(device);
             }
+            ControlRequest::Operation(operation) => {
+                // No accounts here: the in-memory control serves relaying only.
+                let response = ControlEvent::Response {
+                    origin: operation.origin,
+                    request_id: operation.request_id,
+                    status: dp_proto::ErrorCode::NOT_FOUND,
+                    body: Vec::new(),
+                };
+                self.send(operation.origin.shard, response);
+            }
             ControlRequest::SessionClosed { device } => {
                 if self.online.get(&device).is_some_and(|o| o.shard == from) {
                     self.online.remove(&device);

@@ -19,6 +19,8 @@ const REVOCATIONS_QUEUED_MAX: usize = 1024;
 pub(crate) struct ControlSide {
     runtime: tokio::runtime::Runtime,
     store: Store,
+    /// The control domain, shared by the REST API and the sessions' operations.
+    control: Arc<control_core::Control>,
     committer: Option<GroupCommitter>,
     stop: watch::Sender<bool>,
     delivery: Option<tokio::task::JoinHandle<()>>,
@@ -46,9 +48,15 @@ impl ControlSide {
             .context("cannot start the store's committer")?;
         let (stop, _) = watch::channel(false);
         let (revoke_tx, revoke_rx) = mpsc::channel(REVOCATIONS_QUEUED_MAX);
+        let control = Arc::new(control_core::Control::new(
+            store.clone(),
+            Box::new(control_core::SystemClock),
+            control_core::Limits::default(),
+        ));
         let mut side = Self {
             runtime,
             store,
+            control,
             committer: Some(committer),
             stop,
             delivery: None,
@@ -80,11 +88,7 @@ impl ControlSide {
             credential
         }
         .context("admin credential")?;
-        let control = Arc::new(control_core::Control::new(
-            self.store.clone(),
-            Box::new(control_core::SystemClock),
-            control_core::Limits::default(),
-        ));
+        let control = Arc::clone(&self.control);
         let (commands, mut command_rx) = mpsc::channel(REVOCATIONS_QUEUED_MAX);
         let config = control_api::ApiConfig {
             bind: listen,
@@ -128,10 +132,11 @@ impl ControlSide {
             return;
         };
         let store = self.store.clone();
+        let control = Arc::clone(&self.control);
         let stop = self.stop.subscribe();
         self.delivery = Some(self.runtime.spawn(async move {
             let config = control_delivery::DeliveryConfig::default();
-            control_delivery::run(port, store, &committer, config, stop, revoked).await;
+            control_delivery::run(port, store, control, &committer, config, stop, revoked).await;
             // Commits what is still queued, off the runtime's workers.
             let _ = tokio::task::spawn_blocking(move || committer.close()).await;
         }));

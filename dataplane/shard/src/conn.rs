@@ -47,6 +47,10 @@ pub(crate) struct Established {
     pub(crate) stream: StreamSession,
     pub(crate) assembler: FrameAssembler,
     pub(crate) device: DeviceId,
+    /// The proof of identity from the handshake, for control operations that bind a key.
+    pub(crate) peer: dp_noise::PeerAuthenticated,
+    /// Requests sent to control and not yet answered.
+    pub(crate) requests_open: u32,
     pub(crate) hello_done: bool,
 }
 
@@ -56,6 +60,8 @@ impl Established {
             stream: StreamSession::new(handshake, now),
             assembler: FrameAssembler::new(dp_core::limits::FRAME_LEN_MAX),
             device: handshake.peer.device(),
+            peer: handshake.peer.clone(),
+            requests_open: 0,
             hello_done: false,
         }
     }

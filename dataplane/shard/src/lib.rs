@@ -195,11 +195,29 @@ pub enum ControlRequest {
         /// Which session, echoed in [`ControlEvent::Drained`].
         session: u64,
     },
+    /// A control operation from a device's session (a `Request` frame); answer with
+    /// [`ControlEvent::Response`] to `origin`.
+    Operation(Box<Operation>),
     /// The device went offline.
     SessionClosed {
         /// The device.
         device: DeviceId,
     },
+}
+
+/// A `Request` frame for control, with the handshake's proof of who sent it.
+#[derive(Debug)]
+pub struct Operation {
+    /// Where the answer goes.
+    pub origin: Origin,
+    /// The sender, as its Noise handshake proved it.
+    pub peer: dp_noise::PeerAuthenticated,
+    /// The client's id for the request.
+    pub request_id: u32,
+    /// The operation.
+    pub op: u16,
+    /// Its arguments.
+    pub body: Vec<u8>,
 }
 
 /// Events from control to a shard.
@@ -236,6 +254,17 @@ pub enum ControlEvent {
         session: u64,
         /// `Store`s for the device that control took since that `SessionOpened`.
         stores: u64,
+    },
+    /// The answer to an [`Operation`]: sent to its session as a `Response` frame.
+    Response {
+        /// The operation's origin.
+        origin: Origin,
+        /// The client's id for the request.
+        request_id: u32,
+        /// `OK` or the error.
+        status: ErrorCode,
+        /// The result.
+        body: Vec<u8>,
     },
     /// Control could not store the envelope (the recipient's inbox is full, or storage is
     /// unavailable): its sender hears `SendAck(Retry)`.
@@ -808,6 +837,12 @@ impl<R: Rng> Shard<R> {
                     let _ = route::deliver_boxed(self, online.conn, envelope, true);
                 }
             }
+            ControlEvent::Response {
+                origin,
+                request_id,
+                status,
+                body,
+            } => route::respond(self, origin, request_id, status, &body),
             ControlEvent::NotStored { origin, message } => {
                 self.stats.refused += 1;
                 route::acknowledge(self, origin, message, SendStatus::Retry, None);

@@ -130,6 +130,9 @@ pub(crate) struct InFlight {
     pub(crate) stored: bool,
 }
 
+/// Control operations one session may have open at once; more are answered `RATE_LIMITED`.
+const REQUESTS_OPEN_MAX: u32 = 16;
+
 /// Capabilities this server offers today.
 const SERVER_CAPABILITIES: Capabilities = Capabilities::HYBRID_PQ;
 
@@ -195,6 +198,33 @@ pub(crate) fn handle_frame<R: Rng>(
         }
         Frame::Send(send) => handle_send(shard, now, id, device, &send),
         Frame::DeliveryAck(ack) => handle_delivery_ack(shard, id, device, ack.messages.iter()),
+        Frame::Request(request) => {
+            if session.requests_open >= REQUESTS_OPEN_MAX {
+                let response = Frame::Response(dp_proto::Response {
+                    request_id: request.request_id,
+                    status: ErrorCode::RATE_LIMITED,
+                    body: &[],
+                });
+                shard.send_frame(id, &response);
+                return;
+            }
+            session.requests_open += 1;
+            let operation = crate::Operation {
+                origin: Origin {
+                    shard: shard.config.shard,
+                    conn: id,
+                },
+                peer: session.peer.clone(),
+                request_id: request.request_id,
+                op: request.op,
+                body: request.body.to_vec(),
+            };
+            shard
+                .events
+                .push_back(ShardEvent::ToControl(ControlRequest::Operation(Box::new(
+                    operation,
+                ))));
+        }
         _ => shard.send_error(id, ErrorCode::UNEXPECTED_FRAME, 0),
     }
 }
@@ -434,6 +464,28 @@ pub(crate) fn refuse<R: Rng>(shard: &mut Shard<R>, envelope: &Envelope) {
         SendStatus::Retry,
         None,
     );
+}
+
+/// Control's answer to a `Request`, to the session that sent it (if it is still there).
+pub(crate) fn respond<R: Rng>(
+    shard: &mut Shard<R>,
+    origin: Origin,
+    request_id: u32,
+    status: ErrorCode,
+    body: &[u8],
+) {
+    let Some(conn) = shard.conns.get_mut(origin.conn) else {
+        return;
+    };
+    if let ConnState::Established(session) = &mut conn.state {
+        session.requests_open = session.requests_open.saturating_sub(1);
+    }
+    let response = Frame::Response(dp_proto::Response {
+        request_id,
+        status,
+        body,
+    });
+    shard.send_frame(origin.conn, &response);
 }
 
 /// Tells the sender that its envelope was delivered or stored: directly if it is connected to

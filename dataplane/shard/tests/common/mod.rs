@@ -466,6 +466,16 @@ impl World {
                 }
                 self.drain(device);
             }
+            ControlRequest::Operation(operation) => {
+                // Echoes the operation's arguments as its result.
+                let response = ControlEvent::Response {
+                    origin: operation.origin,
+                    request_id: operation.request_id,
+                    status: ErrorCode::OK,
+                    body: operation.body,
+                };
+                self.control_to_shard(operation.origin.shard.0, response);
+            }
             ControlRequest::SessionClosed { device } => {
                 let entry = self.devices.entry(device).or_default();
                 entry.session = None;
