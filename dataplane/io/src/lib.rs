@@ -55,6 +55,9 @@ pub struct ServerConfig {
     pub shards: u16,
     /// The server's static key.
     pub key: StaticKeypair,
+    /// The key it replaced and how much longer clients may still use it (after
+    /// `commucat rotate-keys`); handshakes to it are accepted until then.
+    pub previous_key: Option<(StaticKeypair, Duration)>,
     /// Idle timeout of a connection.
     pub idle_timeout: Duration,
     /// Bytes that may wait for one slow connection before it is cut off.
@@ -83,6 +86,7 @@ impl ServerConfig {
             listen,
             shards: u16::try_from(cores).unwrap_or(u16::MAX),
             key,
+            previous_key: None,
             idle_timeout: Duration::from_secs(90),
             outbound_bytes_max: 1 << 20,
             inflight_max: 4096,

@@ -50,7 +50,18 @@ pub(crate) fn new_shard(
     shard_config.inflight_max = config.inflight_max;
     shard_config.conns_per_source_max = config.conns_per_source_max;
     let now = clock.now();
-    let mut shard = Shard::new(now, shard_config, config.key.clone(), OsRng);
+    let mut shard = match &config.previous_key {
+        // Start on the previous key, then rotate to the current one: the previous stays
+        // accepted for what is left of its grace period.
+        Some((previous, grace)) => {
+            let mut shard = Shard::new(now, shard_config, previous.clone(), OsRng);
+            shard
+                .responder_mut()
+                .rotate_static(now, config.key.clone(), *grace);
+            shard
+        }
+        None => Shard::new(now, shard_config, config.key.clone(), OsRng),
+    };
     shard.handle_wall_clock(now, Clock::unix_ms());
     Ok(shard)
 }

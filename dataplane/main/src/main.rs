@@ -49,6 +49,20 @@ enum Command {
         #[arg(long, default_value = "commucat-data")]
         data_dir: PathBuf,
     },
+    /// Replace the server's key: the current one moves to KEY.previous and stays accepted for
+    /// the grace period (serve's `key_grace_secs`, default 7 days) so clients can update; with
+    /// --admin, also replace the REST API's admin credential.
+    RotateKeys {
+        /// The data directory.
+        #[arg(long, default_value = "commucat-data")]
+        data_dir: PathBuf,
+        /// The server key file; default DATA_DIR/server.key.
+        #[arg(long)]
+        key: Option<PathBuf>,
+        /// Also replace DATA_DIR/admin.credential (the old one stops working at once).
+        #[arg(long)]
+        admin: bool,
+    },
     /// Print the public key and device id of a private key file.
     Pubkey {
         /// The private key file written by `keygen`.
@@ -63,7 +77,43 @@ fn main() -> Result<()> {
         Command::Keygen { out, force } => keygen(&out, force),
         Command::Pubkey { key } => pubkey(&key),
         Command::Migrate { store, data_dir } => migrate(store.as_deref(), &data_dir),
+        Command::RotateKeys {
+            data_dir,
+            key,
+            admin,
+        } => rotate_keys(&data_dir, key, admin),
     }
+}
+
+/// Where `rotate-keys` keeps the key it replaced.
+fn previous_key_path(key: &Path) -> PathBuf {
+    let mut name = key.file_name().unwrap_or_default().to_os_string();
+    name.push(".previous");
+    key.with_file_name(name)
+}
+
+fn rotate_keys(data_dir: &Path, key: Option<PathBuf>, admin: bool) -> Result<()> {
+    let key = key.unwrap_or_else(|| data_dir.join("server.key"));
+    let current = read_key(&key)?;
+    let previous = previous_key_path(&key);
+    // A new file, so its modification time marks when the key was retired.
+    let _ = std::fs::remove_file(&previous);
+    write_key(&previous, &current)?;
+    let pair = write_new_key(&key)?;
+    println!(
+        "new server key: {} (mode 0600); the previous one is in {}",
+        key.display(),
+        previous.display()
+    );
+    print_public(&pair);
+    println!("restart serve to use it; clients have the grace period to learn the new key");
+    if admin {
+        let path = data_dir.join("admin.credential");
+        let _ = std::fs::remove_file(&path);
+        control_api::generate_admin_credential(&path).context("admin credential")?;
+        println!("new admin credential: {} (mode 0600)", path.display());
+    }
+    Ok(())
 }
 
 fn migrate(store: Option<&str>, data_dir: &Path) -> Result<()> {
@@ -96,6 +146,12 @@ fn keygen(out: &Path, force: bool) -> Result<()> {
 /// Generates a key pair and writes its private half to `out` with mode 0600.
 fn write_new_key(out: &Path) -> Result<StaticKeypair> {
     let pair = StaticKeypair::generate(&mut OsRng);
+    write_key(out, &pair)?;
+    Ok(pair)
+}
+
+/// Writes the private half of `pair` to `out` with mode 0600.
+fn write_key(out: &Path, pair: &StaticKeypair) -> Result<()> {
     let mut file = OpenOptions::new()
         .write(true)
         .create(true)
@@ -110,7 +166,7 @@ fn write_new_key(out: &Path) -> Result<StaticKeypair> {
         .with_context(|| format!("cannot write {}", out.display()))?;
     file.sync_all()
         .with_context(|| format!("cannot sync {}", out.display()))?;
-    Ok(pair)
+    Ok(())
 }
 
 fn pubkey(path: &Path) -> Result<()> {

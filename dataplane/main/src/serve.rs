@@ -16,7 +16,8 @@ use std::time::Duration;
 /// Command-line settings; each overrides the config file.
 #[derive(Debug, Args)]
 pub(crate) struct ServeArgs {
-    /// A TOML config file (keys: listen, shards, backend, data_dir, key, store, api_listen,
+    /// A TOML config file (keys: listen, shards, backend, data_dir, key, key_grace_secs, store,
+    /// api_listen,
     /// idle_timeout_secs, outbound_bytes_max, inflight_max, conns_per_source_max, drain_deadline_secs,
     /// metrics_listen).
     #[arg(long)]
@@ -70,10 +71,14 @@ struct FileConfig {
     metrics_listen: Option<SocketAddr>,
     store: Option<String>,
     api_listen: Option<SocketAddr>,
+    key_grace_secs: Option<u64>,
 }
 
 const LISTEN_DEFAULT: &str = "0.0.0.0:7443";
 const DATA_DIR_DEFAULT: &str = "commucat-data";
+/// How long clients may still reach the server under its previous key after
+/// `commucat rotate-keys` (config key `key_grace_secs`).
+const KEY_GRACE_DEFAULT_SECS: u64 = 7 * 24 * 3600;
 const API_LISTEN_DEFAULT: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(
     std::net::Ipv4Addr::LOCALHOST,
     7080,
@@ -110,6 +115,8 @@ pub(crate) fn run(args: ServeArgs) -> Result<()> {
         None => LISTEN_DEFAULT.parse().context("default listen address")?,
     };
     let mut config = ServerConfig::new(listen, key.clone());
+    let grace = Duration::from_secs(file.key_grace_secs.unwrap_or(KEY_GRACE_DEFAULT_SECS));
+    config.previous_key = previous_key(&key_path, grace)?;
     if let Some(shards) = args.shards.or(file.shards) {
         anyhow::ensure!(shards > 0, "--shards must be at least 1");
         config.shards = shards;
@@ -203,6 +210,33 @@ pub(crate) fn run(args: ServeArgs) -> Result<()> {
     control.shutdown();
     println!("stopped");
     Ok(())
+}
+
+/// The previous key (`KEY.previous`, written by `commucat rotate-keys`) with what is left of its
+/// grace period, counted from when it was retired (the file's modification time).
+fn previous_key(
+    key_path: &Path,
+    grace: Duration,
+) -> Result<Option<(dp_noise::StaticKeypair, Duration)>> {
+    let path = crate::previous_key_path(key_path);
+    if !path.exists() {
+        return Ok(None);
+    }
+    let retired = std::fs::metadata(&path)
+        .and_then(|m| m.modified())
+        .with_context(|| format!("cannot read the time of {}", path.display()))?;
+    let age = retired.elapsed().unwrap_or(Duration::ZERO);
+    match grace.checked_sub(age) {
+        Some(left) if !left.is_zero() => {
+            println!(
+                "previous key {} still accepted for {} s",
+                path.display(),
+                left.as_secs()
+            );
+            Ok(Some((read_key(&path)?, left)))
+        }
+        _ => Ok(None),
+    }
 }
 
 fn prepare_data_dir(dir: &Path) -> Result<()> {
