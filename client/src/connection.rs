@@ -65,6 +65,11 @@ pub struct ConnectionConfig {
     /// The largest plaintext per sealed record, clamped to `1..=RECORD_PLAINTEXT_LEN_MAX`
     /// (see [`RECORD_LEN_MAX_DEFAULT`]).
     pub record_len_max: usize,
+    /// Keep every sent body until the server takes responsibility for it, and send it again
+    /// (same id, after a growing pause) when the server answers `SendAck(Retry)`; the `Retry`
+    /// itself is then not reported. Off: bodies are not kept and `Retry` is reported as is
+    /// (a load generator that counts what arrives does not need the copies).
+    pub resend_refused: bool,
 }
 
 impl ConnectionConfig {
@@ -81,8 +86,26 @@ impl ConnectionConfig {
             dedup_window: DEDUP_WINDOW_DEFAULT,
             keepalive: Some(Duration::from_secs(30)),
             record_len_max: RECORD_LEN_MAX_DEFAULT,
+            resend_refused: true,
         }
     }
+}
+
+/// The most body bytes kept for sends the server has not yet taken; past it `send` refuses
+/// with [`ClientError::OutboundFull`].
+pub const UNACKED_BYTES_MAX: usize = 8 << 20;
+/// The first pause before a refused send goes again; it doubles per refusal up to
+/// [`RESEND_PAUSE_MAX`], plus up to half again of random jitter.
+const RESEND_PAUSE_MIN: Duration = Duration::from_millis(10);
+const RESEND_PAUSE_MAX: Duration = Duration::from_secs(1);
+
+/// A sent envelope the server has not yet taken responsibility for.
+struct Unacked {
+    recipient: Recipient,
+    body: Vec<u8>,
+    refusals: u32,
+    /// When to send it again, after a `Retry`.
+    resend_at: Option<Instant>,
 }
 
 /// Where a connection stands.
@@ -234,6 +257,8 @@ pub struct ConnectionStats {
     pub delivered: u64,
     /// Deliveries dropped as duplicates (acknowledged again).
     pub duplicates: u64,
+    /// Sends the server refused with `Retry` (each sent again when `resend_refused`).
+    pub refused: u64,
     /// Records opened.
     pub records_in: u64,
     /// Records sealed.
@@ -282,6 +307,9 @@ pub struct Connection<R: Rng> {
     keepalive_pending: Option<u64>,
     now_last: Instant,
     stats: ConnectionStats,
+    resend_refused: bool,
+    unacked: std::collections::BTreeMap<MessageId, Unacked>,
+    unacked_bytes: usize,
 }
 
 impl<R: Rng> core::fmt::Debug for Connection<R> {
@@ -337,6 +365,9 @@ impl<R: Rng> Connection<R> {
             keepalive_pending: None,
             now_last: now,
             stats: ConnectionStats::default(),
+            resend_refused: config.resend_refused,
+            unacked: std::collections::BTreeMap::new(),
+            unacked_bytes: 0,
         };
         conn.push_handshake_packet(len);
         let frame_len_max = u32::try_from(FRAME_LEN_MAX).unwrap_or(u32::MAX);
@@ -425,7 +456,9 @@ impl<R: Rng> Connection<R> {
         if self.state == State::Closed {
             return Err(ClientError::Closed);
         }
-        if self.outbound_len() + body.len() > OUTBOUND_BYTES_MAX {
+        if self.outbound_len() + body.len() > OUTBOUND_BYTES_MAX
+            || (self.resend_refused && self.unacked_bytes + body.len() > UNACKED_BYTES_MAX)
+        {
             return Err(ClientError::OutboundFull);
         }
         self.queue_frame(&Frame::Send(SendFrame {
@@ -434,7 +467,71 @@ impl<R: Rng> Connection<R> {
             body,
         }))?;
         self.stats.sent += 1;
+        if self.resend_refused {
+            let unacked = Unacked {
+                recipient,
+                body: body.to_vec(),
+                refusals: 0,
+                resend_at: None,
+            };
+            if let Some(old) = self.unacked.insert(message, unacked) {
+                self.unacked_bytes -= old.body.len();
+            }
+            self.unacked_bytes += body.len();
+        }
         Ok(())
+    }
+
+    /// A `SendAck`: forgets the kept body, or schedules a resend after `Retry`. Returns
+    /// whether to report it.
+    fn handle_send_ack(&mut self, message: MessageId, status: SendStatus) -> bool {
+        if status == SendStatus::Retry {
+            self.stats.refused += 1;
+            let now = self.now_last;
+            let Some(unacked) = self.unacked.get_mut(&message) else {
+                return true;
+            };
+            unacked.refusals = unacked.refusals.saturating_add(1);
+            let doubled = RESEND_PAUSE_MIN.saturating_mul(1 << (unacked.refusals - 1).min(10));
+            let pause = doubled.min(RESEND_PAUSE_MAX);
+            let mut jitter = [0u8; 4];
+            self.rng.public_fill(&mut jitter);
+            let half = u64::try_from(pause.as_nanos() / 2)
+                .unwrap_or(u64::MAX)
+                .max(1);
+            let jitter = Duration::from_nanos(u64::from(u32::from_le_bytes(jitter)) % half);
+            unacked.resend_at = Some(now.saturating_add(pause + jitter));
+            return false;
+        }
+        if let Some(old) = self.unacked.remove(&message) {
+            self.unacked_bytes -= old.body.len();
+        }
+        true
+    }
+
+    /// Sends again, with their ids, the refused envelopes whose pause is over.
+    fn resend_due(&mut self, now: Instant) {
+        let due: Vec<MessageId> = self
+            .unacked
+            .iter()
+            .filter(|(_, u)| u.resend_at.is_some_and(|at| at <= now))
+            .map(|(id, _)| *id)
+            .collect();
+        for message in due {
+            let Some(unacked) = self.unacked.get_mut(&message) else {
+                continue;
+            };
+            unacked.resend_at = None;
+            let (recipient, body) = (unacked.recipient, core::mem::take(&mut unacked.body));
+            let _ = self.queue_frame(&Frame::Send(SendFrame {
+                message,
+                recipient,
+                body: &body,
+            }));
+            if let Some(unacked) = self.unacked.get_mut(&message) {
+                unacked.body = body;
+            }
+        }
     }
 
     /// Queues a `Ping` with `nonce`; the server's `Pong` comes back as [`Event::Pong`].
@@ -630,6 +727,9 @@ impl<R: Rng> Connection<R> {
             }
             Frame::SendAck(ack) => {
                 self.stats.send_acks += 1;
+                if !self.handle_send_ack(ack.message, ack.status) {
+                    return;
+                }
                 self.events.push_back(Event::SendAck {
                     message: ack.message,
                     status: ack.status,
@@ -753,7 +853,12 @@ impl<R: Rng> Connection<R> {
         match self.state {
             State::Handshaking => self.initiator.as_ref().map(Initiator::poll_timeout),
             State::AwaitingWelcome | State::Ready => {
-                self.keepalive.is_some().then_some(self.next_ping)
+                let resend = self.unacked.values().filter_map(|u| u.resend_at).min();
+                let ping = self.keepalive.is_some().then_some(self.next_ping);
+                match (resend, ping) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                }
             }
             State::Closed => None,
         }
@@ -773,6 +878,7 @@ impl<R: Rng> Connection<R> {
                 }
             }
             State::AwaitingWelcome | State::Ready => {
+                self.resend_due(now);
                 if let Some(every) = self.keepalive
                     && now >= self.next_ping
                 {

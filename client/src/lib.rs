@@ -30,7 +30,7 @@ pub use blocking::{Client, Clock, Error, OsRng};
 pub use connection::{
     ClientError, CloseReason, Connection, ConnectionConfig, ConnectionStats, DEDUP_WINDOW_DEFAULT,
     Delivery, Event, HANDSHAKE_PACKET_LEN_MAX, INBOUND_BYTES_MAX, OUTBOUND_BYTES_MAX,
-    RECORD_LEN_MAX_DEFAULT, State,
+    RECORD_LEN_MAX_DEFAULT, State, UNACKED_BYTES_MAX,
 };
 pub use dedup::Dedup;
 pub use dp_core::{ConversationId, DeviceId, MessageId};

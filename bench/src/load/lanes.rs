@@ -230,6 +230,7 @@ impl Lane {
                 let mut config = ConnectionConfig::new(key, server);
                 config.suite = suite;
                 config.keepalive = None;
+                config.resend_refused = false;
                 let seed = rng.next_u64();
                 let client = Client::connect_with(addr, config, SeededRng::new(seed), clock, None)
                     .map_err(|e| io::Error::other(format!("CommuCat session: {e}")))?;

@@ -277,6 +277,7 @@ pub fn run_handshakes(
                         let mut config = ConnectionConfig::new(key.clone(), server);
                         config.suite = suite;
                         config.keepalive = None;
+                        config.resend_refused = false;
                         let t0 = clock.now().0;
                         // A fresh generator per session: new ephemeral keys and indices.
                         let session_rng = SeededRng::new(rng.next_u64());
@@ -357,6 +358,7 @@ pub fn run_idle(target: &Target, count: usize, suite: Suite) -> Result<RunResult
         let mut config = ConnectionConfig::new(key, target.server_key);
         config.suite = suite;
         config.keepalive = None;
+        config.resend_refused = false;
         let client =
             Client::connect_with(target.addr, config, SeededRng::new(i as u64), clock, None)
                 .map_err(|e| anyhow::anyhow!("session {i}: {e}"))?;

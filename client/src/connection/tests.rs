@@ -12,6 +12,10 @@ const NOW: Instant = Instant(1_000);
 
 struct Net {
     shard: Shard<SeededRng>,
+    /// Refuse every `Store` (as a shard without link credit to control would), instead of
+    /// dropping it; each refused id is recorded.
+    refuse_stores: bool,
+    refused: Vec<MessageId>,
     server: [u8; 32],
     clients: Vec<(ConnId, Connection<SeededRng>)>,
 }
@@ -24,17 +28,24 @@ impl Net {
         let config = ShardConfig::new(ShardId(0), 1, 7).unwrap();
         Self {
             shard: Shard::new(NOW, config, key, rng),
+            refuse_stores: false,
+            refused: Vec::new(),
             server,
             clients: Vec::new(),
         }
     }
 
     fn connect(&mut self, suite: Suite, seed: u64) -> usize {
+        self.connect_with(suite, seed, true)
+    }
+
+    fn connect_with(&mut self, suite: Suite, seed: u64, resend_refused: bool) -> usize {
         let mut rng = SeededRng::new(seed);
         let key = StaticKeypair::generate(&mut rng);
         let mut config = ConnectionConfig::new(key, self.server);
         config.suite = suite;
         config.timestamp_ms = 1;
+        config.resend_refused = resend_refused;
         let conn = Connection::new(NOW, config, rng).unwrap();
         let peer: SocketAddr = ([127, 0, 0, 1], 1000 + self.clients.len() as u16).into();
         let id = self.shard.handle_connect(NOW, peer).unwrap();
@@ -45,28 +56,41 @@ impl Net {
 
     /// Moves bytes both ways until nothing moves.
     fn pump(&mut self) {
+        self.pump_at(NOW);
+    }
+
+    /// `pump` at time `now`.
+    fn pump_at(&mut self, now: Instant) {
         loop {
             let mut moved = false;
             for (id, conn) in &mut self.clients {
-                let out = conn.poll_transmit(NOW).unwrap().to_vec();
+                let out = conn.poll_transmit(now).unwrap().to_vec();
                 if !out.is_empty() {
                     conn.handle_written(out.len());
-                    self.shard.handle_received(NOW, *id, &out);
+                    self.shard.handle_received(now, *id, &out);
                     moved = true;
                 }
             }
             while let Some(id) = self.shard.poll_dirty() {
-                let out = self.shard.poll_transmit(NOW, id).to_vec();
+                let out = self.shard.poll_transmit(now, id).to_vec();
                 self.shard.handle_written(id, out.len());
                 if let Some((_, conn)) = self.clients.iter_mut().find(|(c, _)| *c == id)
                     && !out.is_empty()
                     && conn.state() != State::Closed
                 {
-                    conn.handle_input(NOW, &out).unwrap();
+                    conn.handle_input(now, &out).unwrap();
                     moved = true;
                 }
             }
             while let Some(event) = self.shard.poll_event() {
+                if let ShardEvent::ToControl(ControlRequest::Store(envelope)) = event {
+                    if self.refuse_stores {
+                        self.refused.push(envelope.message);
+                        self.shard.handle_refused(envelope);
+                        moved = true;
+                    }
+                    continue;
+                }
                 // A control with nothing stored: every new session is drained at once.
                 if let ShardEvent::ToControl(ControlRequest::SessionOpened { device, session }) =
                     event
@@ -76,7 +100,7 @@ impl Net {
                         session,
                         stores: 0,
                     };
-                    self.shard.handle_control(NOW, drained);
+                    self.shard.handle_control(now, drained);
                     moved = true;
                 }
             }
@@ -260,5 +284,56 @@ fn keepalive_pings_are_sent_when_due_and_their_pongs_are_not_reported() {
     assert!(
         conn.poll_timeout().unwrap() > due,
         "the next keepalive is scheduled"
+    );
+}
+
+/// Goal: a send the server refuses with `SendAck(Retry)` is kept and sent again with the same
+/// id after a pause, and the `Retry` is not reported; with `resend_refused` off it is reported.
+#[test]
+fn a_refused_send_is_sent_again_after_a_pause() {
+    let mut net = Net::new(9);
+    let a = net.connect(Suite::new(Pattern::Xk, Cipher::ChaChaPoly, false), 90);
+    net.events(a);
+    // A recipient that is not connected: the shard stores, and here storing is refused.
+    let offline = Recipient::Device(DeviceId([7; 16]));
+    net.refuse_stores = true;
+    let id = net.clients[a].1.new_message_id();
+    net.clients[a].1.send(NOW, id, offline, b"later").unwrap();
+    net.pump();
+    assert_eq!(net.refused, vec![id]);
+    assert!(net.events(a).is_empty(), "Retry is handled, not reported");
+    assert_eq!(net.clients[a].1.stats().refused, 1);
+    let due = net.clients[a].1.poll_timeout().unwrap();
+    assert!(due > NOW && due <= NOW.saturating_add(Duration::from_millis(15)));
+    // Before the pause is over nothing is sent again; after it, the same id goes again.
+    net.clients[a].1.handle_timeout(NOW);
+    net.pump();
+    assert_eq!(net.refused, vec![id]);
+    net.clients[a].1.handle_timeout(due);
+    net.pump_at(due);
+    assert_eq!(net.refused, vec![id, id]);
+    // The second pause is longer.
+    let again = net.clients[a].1.poll_timeout().unwrap();
+    assert!(again.saturating_duration_since(due) >= Duration::from_millis(20));
+
+    // Without resending, the Retry reaches the application.
+    let mut net = Net::new(10);
+    let b = net.connect_with(
+        Suite::new(Pattern::Xk, Cipher::ChaChaPoly, false),
+        91,
+        false,
+    );
+    net.events(b);
+    net.refuse_stores = true;
+    let id = net.clients[b].1.new_message_id();
+    net.clients[b].1.send(NOW, id, offline, b"x").unwrap();
+    net.pump();
+    assert_eq!(
+        net.events(b),
+        vec![Event::SendAck {
+            message: id,
+            status: SendStatus::Retry,
+            seq: 0
+        }]
     );
 }
