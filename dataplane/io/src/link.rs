@@ -246,6 +246,25 @@ impl ShardLinks {
         }
     }
 
+    /// Moves connection `conn`, with its socket, to its home shard `to`. Without the socket
+    /// (it failed) the connection is just dropped from this shard.
+    pub(crate) fn hand_off<R: Rng>(
+        &mut self,
+        shard: &mut Shard<R>,
+        conn: dp_shard::ConnId,
+        to: dp_shard::ShardId,
+        stream: Option<std::net::TcpStream>,
+    ) {
+        let handoff = shard.take_handoff(conn);
+        let target = self
+            .to_shards
+            .get_mut(usize::from(to.0))
+            .and_then(Option::as_mut);
+        if let (Some(stream), Some(handoff), Some(target)) = (stream, handoff, target) {
+            target.send(PeerMsg::HandOff(handoff, stream));
+        }
+    }
+
     /// Feeds the shard up to `budget` messages from each incoming link (other shards, then
     /// control) and returns the connections handed over to it, for the backend to adopt with
     /// their sockets.

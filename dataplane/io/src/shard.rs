@@ -1,6 +1,6 @@
 //! One shard's thread: its listener, its connections and its links, driving a `Shard`.
 
-use crate::link::{PeerMsg, ShardLinks, WAKER};
+use crate::link::{ShardLinks, WAKER};
 use crate::metrics::{self, Metrics};
 use crate::{Clock, OsRng, ServerConfig};
 use core::net::SocketAddr;
@@ -334,16 +334,8 @@ impl ShardThread {
                 ShardEvent::HandOff { conn, to } => {
                     // The handshake reply must reach the client before the socket moves.
                     self.write(now, conn);
-                    let stream = self.forget(conn);
-                    let handoff = self.shard.take_handoff(conn);
-                    let target = self
-                        .links
-                        .to_shards
-                        .get_mut(usize::from(to.0))
-                        .and_then(Option::as_mut);
-                    if let (Some(stream), Some(handoff), Some(target)) = (stream, handoff, target) {
-                        target.send(PeerMsg::HandOff(handoff, stream.into()));
-                    }
+                    let stream = self.forget(conn).map(Into::into);
+                    self.links.hand_off(&mut self.shard, conn, to, stream);
                 }
                 event @ (ShardEvent::ToShard { .. } | ShardEvent::ToControl(_)) => {
                     self.links.route(&mut self.shard, event);

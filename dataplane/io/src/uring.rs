@@ -17,7 +17,7 @@
 //! can be handed to another shard at any point between reads.
 
 use crate::backend::{StartError, UringUnavailable};
-use crate::link::{PeerMsg, ShardLinks, TaskBell};
+use crate::link::{ShardLinks, TaskBell};
 use crate::metrics::{self, Metrics};
 use crate::{Clock, OsRng, ServerConfig};
 use core::cell::RefCell;
@@ -463,15 +463,8 @@ impl Driver {
                         // its own when `stream` drops here.
                         socket2_04::SockRef::from(&stream).try_clone().ok()
                     });
-                    let handoff = self.shard.take_handoff(conn);
-                    let target = self
-                        .links
-                        .to_shards
-                        .get_mut(usize::from(to.0))
-                        .and_then(Option::as_mut);
-                    if let (Some(stream), Some(handoff), Some(target)) = (stream, handoff, target) {
-                        target.send(PeerMsg::HandOff(handoff, stream.into()));
-                    }
+                    let stream = stream.map(Into::into);
+                    self.links.hand_off(&mut self.shard, conn, to, stream);
                 }
                 event @ (ShardEvent::ToShard { .. } | ShardEvent::ToControl(_)) => {
                     self.links.route(&mut self.shard, event);
