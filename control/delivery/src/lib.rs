@@ -262,7 +262,7 @@ impl Delivery {
     /// Submits held stores, in order, until the committer refuses one.
     fn submit_held(&mut self) {
         let expires_in = duration_ms(self.config.ttl);
-        while let Some(envelope) = self.held.pop_front() {
+        while let Some(mut envelope) = self.held.pop_front() {
             let token = self.next_token;
             let stored = control_store::Envelope {
                 message: envelope.message,
@@ -271,7 +271,8 @@ impl Delivery {
                 conversation: None,
                 sent_at_ms: envelope.sent_at_ms,
                 expires_at_ms: envelope.sent_at_ms.saturating_add(expires_in),
-                body: envelope.body.clone(),
+                // Moved, not copied: a refusal hands it back.
+                body: core::mem::take(&mut envelope.body),
             };
             match self.submitter.try_submit(token, stored) {
                 Ok(()) => {
@@ -293,8 +294,9 @@ impl Delivery {
                     // misconfiguration) or the committer stopped: the sender hears Retry.
                     self.not_stored(envelope.origin, envelope.message, envelope.recipient);
                 }
-                Err(_) => {
+                Err(refused) => {
                     // Full (or in-flight bound): keep it first in line and stop taking more.
+                    envelope.body = refused.envelope.body;
                     self.held.push_front(envelope);
                     return;
                 }
