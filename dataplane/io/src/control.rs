@@ -1,6 +1,7 @@
-//! The control thread, for now: it stores envelopes for offline devices **in memory** and
-//! drains them, paced, when a device comes online. Durable storage replaces the in-memory
-//! store with the control plane; the protocol with the shards stays as it is.
+//! The in-memory control thread of [`Server::start`](crate::Server::start), for tests and
+//! benchmarks: it stores envelopes for offline devices **in memory** and drains them, paced,
+//! when a device comes online. `commucat serve` uses the durable control side
+//! (`control-delivery`) instead, through the same protocol with the shards.
 
 use crate::link::{ControlLinks, WAKER};
 use core::time::Duration;

@@ -16,8 +16,9 @@
 //! without credit keeps them in order in a local backlog), woken at most once per flush.
 //! Connections move between shards with their socket (`HandOff`).
 //!
-//! The control thread here keeps stored envelopes **in memory**: durable storage (SQLite,
-//! PostgreSQL) comes with the control plane.
+//! [`Server::start`] runs an in-memory control thread (stored envelopes in memory; for tests
+//! and benchmarks). `commucat serve` uses [`Server::start_with_control`] and serves the
+//! [`ControlPort`] with the durable control side (`control-delivery`).
 //!
 //! This crate owns the clock, the OS randomness and the threads, so it opts out of the
 //! workspace's sans-IO bans.
