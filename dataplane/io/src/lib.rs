@@ -412,6 +412,9 @@ impl Server {
         for bell in &self.bells {
             bell.ring();
         }
+        if let Some(addr) = self.metrics_addr {
+            metrics::wake(addr);
+        }
         for thread in self.threads {
             let _ = thread.join();
         }

@@ -225,31 +225,51 @@ const REQUEST_LEN_MAX: usize = 4096;
 /// How long one client may take to send its request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// How long the endpoint pauses after a failed `accept` (for example out of file descriptors)
+/// before it tries again.
+const ACCEPT_RETRY: Duration = Duration::from_millis(50);
+
 /// Binds the metrics endpoint (`GET /metrics`). Operators bind it to a private address: it
 /// needs no credential.
 pub(crate) fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
-    let listener = TcpListener::bind(addr)?;
-    listener.set_nonblocking(true)?;
-    Ok(listener)
+    TcpListener::bind(addr)
 }
 
-/// Serves scrapes one at a time until `stop`.
+/// Serves scrapes one at a time until `stop`. `accept` blocks; [`wake`] unblocks it once
+/// `stop` is set.
 pub(crate) fn serve(listener: TcpListener, metrics: Arc<Metrics>, stop: Arc<AtomicBool>) {
-    while !stop.load(Ordering::Acquire) {
-        match listener.accept() {
+    loop {
+        let accepted = listener.accept();
+        if stop.load(Ordering::Acquire) {
+            return;
+        }
+        match accepted {
             Ok((stream, _)) => {
                 if let Err(error) = answer(stream, &metrics) {
                     eprintln!("metrics: {error}");
                 }
             }
-            Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
-                std::thread::sleep(Duration::from_millis(50));
-            }
             Err(error) => {
                 eprintln!("metrics: accept failed: {error}");
-                std::thread::sleep(Duration::from_millis(50));
+                std::thread::sleep(ACCEPT_RETRY);
             }
         }
+    }
+}
+
+/// Unblocks [`serve`]'s `accept` after `stop` was set, by connecting to the endpoint.
+pub(crate) fn wake(addr: SocketAddr) {
+    let addr = match addr {
+        SocketAddr::V4(a) if a.ip().is_unspecified() => {
+            SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, a.port()))
+        }
+        SocketAddr::V6(a) if a.ip().is_unspecified() => {
+            SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, a.port()))
+        }
+        other => other,
+    };
+    if let Err(error) = TcpStream::connect_timeout(&addr, REQUEST_TIMEOUT) {
+        eprintln!("metrics: cannot wake the endpoint to stop it: {error}");
     }
 }
 
