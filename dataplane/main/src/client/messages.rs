@@ -78,14 +78,20 @@ pub(crate) fn send(ctx: &Ctx, handle: &str, text: &str, out: Out) -> Result<()> 
         waiting.insert(id, *device);
     }
     let mut counts: BTreeMap<&'static str, usize> = BTreeMap::new();
-    wait_acks(ctx, &mut client, &mut waiting, |id, device, status| {
-        *counts.entry(status_name(status)).or_default() += 1;
-        out.emit(
-            &json!({ "type": "sent", "to": handle, "device": hex::encode(device.0),
+    wait_acks(
+        ctx,
+        &mut client,
+        &mut waiting,
+        None,
+        |id, device, status| {
+            *counts.entry(status_name(status)).or_default() += 1;
+            out.emit(
+                &json!({ "type": "sent", "to": handle, "device": hex::encode(device.0),
                      "id": hex::encode(id.0), "status": status_name(status) }),
-            String::new,
-        );
-    })?;
+                String::new,
+            );
+        },
+    )?;
     if !out.json {
         let summary: Vec<String> = counts.iter().map(|(k, v)| format!("{v} {k}")).collect();
         println!(
@@ -103,6 +109,7 @@ fn wait_acks(
     ctx: &Ctx,
     client: &mut Client<OsRng>,
     waiting: &mut BTreeMap<MessageId, DeviceId>,
+    group: Option<u64>,
     mut taken: impl FnMut(MessageId, DeviceId, SendStatus),
 ) -> Result<()> {
     let deadline = Instant::now() + SEND_WAIT;
@@ -124,7 +131,7 @@ fn wait_acks(
                 }
             }
             Ok(Some(Event::Delivered(delivery))) => ctx.stash(&delivery)?,
-            Ok(Some(Event::Error { code, frame_type })) => bail!("{}", refusal(code, frame_type)),
+            Ok(Some(Event::Error { code, .. })) => bail!("{}", refusal(code, group)),
             Ok(Some(Event::Closed(reason))) => {
                 bail!("the server closed the session ({reason:?}) before confirming: send again")
             }
@@ -136,14 +143,19 @@ fn wait_acks(
     Ok(())
 }
 
-fn refusal(code: ErrorCode, frame_type: u8) -> String {
-    if code == ErrorCode::FORBIDDEN && frame_type == 0x10 {
-        return "the server refused the message (FORBIDDEN): you may not send there — for a \
-                group, check membership with `commucat client groups show ID`; this server may \
-                not accept group messages yet"
-            .to_string();
+/// What to say when the server refuses a send with an `Error` frame.
+fn refusal(code: ErrorCode, group: Option<u64>) -> String {
+    match group {
+        Some(group) if code == ErrorCode::FORBIDDEN => format!(
+            "the server refused the message to group {group} (FORBIDDEN): check that you are a \
+             member with `commucat client groups show {group}`; if you are, this server does not \
+             accept group messages yet"
+        ),
+        Some(group) => format!(
+            "the server refused the message to group {group} ({code}): see docs/PROTOCOL.md §8"
+        ),
+        None => format!("the server refused the message ({code}): see docs/PROTOCOL.md §8"),
     }
-    format!("the server refused the message ({code}): see docs/PROTOCOL.md §8")
 }
 
 pub(crate) fn send_group(ctx: &Ctx, group: u64, text: &str, out: Out) -> Result<()> {
@@ -155,13 +167,19 @@ pub(crate) fn send_group(ctx: &Ctx, group: u64, text: &str, out: Out) -> Result<
         .send(recipient, &body)
         .map_err(|e| anyhow!("the connection failed while sending: {e}: try again"))?;
     let mut waiting = BTreeMap::from([(id, DeviceId::default())]);
-    wait_acks(ctx, &mut client, &mut waiting, |id, _, status| {
-        out.emit(
-            &json!({ "type": "sent", "group": group, "id": hex::encode(id.0),
+    wait_acks(
+        ctx,
+        &mut client,
+        &mut waiting,
+        Some(group),
+        |id, _, status| {
+            out.emit(
+                &json!({ "type": "sent", "group": group, "id": hex::encode(id.0),
                      "status": status_name(status) }),
-            || format!("sent to group {group} ({})", status_name(status)),
-        );
-    })
+                || format!("sent to group {group} ({})", status_name(status)),
+            );
+        },
+    )
 }
 
 /// Device ids to handles, for showing who wrote.
@@ -282,8 +300,8 @@ fn report(event: &ReconnectEvent) {
         ReconnectEvent::Reconnected { resent, .. } => {
             eprintln!("reconnected; {resent} unconfirmed message(s) sent again");
         }
-        ReconnectEvent::Event(Event::Error { code, frame_type }) => {
-            eprintln!("{}", refusal(*code, *frame_type));
+        ReconnectEvent::Event(Event::Error { code, .. }) => {
+            eprintln!("{}", refusal(*code, None));
         }
         _ => {}
     }
@@ -416,7 +434,7 @@ mod tests {
 
     #[test]
     fn a_forbidden_send_names_the_likely_cause() {
-        assert!(refusal(ErrorCode::FORBIDDEN, 0x10).contains("group"));
-        assert!(refusal(ErrorCode::CONFLICT, 0x10).contains("CONFLICT"));
+        assert!(refusal(ErrorCode::FORBIDDEN, Some(3)).contains("groups show 3"));
+        assert!(refusal(ErrorCode::CONFLICT, None).contains("CONFLICT"));
     }
 }
