@@ -190,6 +190,12 @@ pub(crate) fn run(args: ServeArgs) -> Result<()> {
         "server public key (give it to clients): {}",
         hex::encode(key.public())
     );
+    // Before the lines that tests and scripts wait for (the REST API's is the last), so a
+    // reader that stops there has read it.
+    println!(
+        "invite (run on a client device): {}",
+        invite(server.local_addr(), key.public(), control.api_addr())
+    );
     let port = port_rx
         .recv()
         .context("the server started without a control port")?;
@@ -203,10 +209,6 @@ pub(crate) fn run(args: ServeArgs) -> Result<()> {
     if let Some(addr) = control.api_addr() {
         println!("REST API at http://{addr}/v1 (OpenAPI at /openapi.json)");
     }
-    println!(
-        "invite (run on a client device): {}",
-        invite(server.local_addr(), key.public(), control.api_addr())
-    );
 
     let signal = signals.forever().next();
     println!("signal {signal:?}: stopping; clients are told to reconnect");

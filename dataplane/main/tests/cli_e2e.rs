@@ -39,9 +39,9 @@ fn serve(data: &Path) -> Serve {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let mut invite = None;
-    for line in lines {
+    for line in lines.by_ref() {
         let line = line.unwrap();
         if let Some(at) = line.find("commucat client init ") {
             invite = Some(
@@ -53,6 +53,8 @@ fn serve(data: &Path) -> Serve {
             break;
         }
     }
+    // Keep reading, so the server never writes into a closed pipe.
+    std::thread::spawn(move || for _ in lines {});
     Serve {
         child,
         invite: invite.expect("serve printed an invite line"),
