@@ -8,7 +8,7 @@
 
 use serde_json::Value;
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
@@ -69,15 +69,26 @@ struct Run {
 
 /// `commucat client --json --profile DIR ARGS...`.
 fn cli(profile: &Path, args: &[&str]) -> Run {
-    let out = Command::new(env!("CARGO_BIN_EXE_commucat"))
+    cli_typed(profile, args, "")
+}
+
+/// As [`cli`], with `input` typed on stdin (then end of input).
+fn cli_typed(profile: &Path, args: &[&str], input: &str) -> Run {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_commucat"))
         .arg("client")
         .arg("--profile")
         .arg(profile)
         .arg("--json")
         .args(args)
-        .stdin(Stdio::null())
-        .output()
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(input.as_bytes()).unwrap();
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
     let stdout = String::from_utf8(out.stdout).unwrap();
     let json = stdout
         .lines()
@@ -201,6 +212,28 @@ fn two_users_pair_befriend_chat_and_an_offline_device_gets_its_backlog_once() {
     );
     // bob's and alice1's inboxes are empty too.
     assert!(ok(&bob, &["listen", "--timeout", "1"]).is_empty());
+
+    // chat: lines typed are sent to every device of the friend; it ends at end of input once
+    // the server has taken them.
+    let chatted = cli_typed(&bob, &["chat", "alice"], "from chat\n");
+    assert!(chatted.ok, "{}", chatted.stderr);
+    assert_eq!(
+        chatted.json.iter().filter(|v| v["type"] == "sent").count(),
+        2
+    );
+    // alice1 also has bob's earlier message (sent to both of alice's devices); `--count 1`
+    // still shows everything already received, since it is acknowledged.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let mut got = Vec::new();
+    while texts(&got).len() < 2 && std::time::Instant::now() < deadline {
+        got.extend(ok(&alice1, &["listen", "--count", "1", "--timeout", "20"]));
+    }
+    assert_eq!(
+        texts(&got),
+        BTreeSet::from(["from chat".to_string(), "while you were away".to_string()]),
+        "{got:?}"
+    );
+    assert_eq!(got.len(), 2, "each once: {got:?}");
 
     // Groups: created over REST; a group send is either taken or refused with a clear error.
     let group = ok(&alice1, &["groups", "create", "cats"])[0]["id"]
