@@ -25,6 +25,7 @@ const WAIT: Duration = Duration::from_secs(20);
 struct Proxy {
     addr: SocketAddr,
     live: Arc<Mutex<Vec<TcpStream>>>,
+    target: Arc<Mutex<SocketAddr>>,
 }
 
 impl Proxy {
@@ -33,10 +34,13 @@ impl Proxy {
         let addr = listener.local_addr().unwrap();
         let live: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
         let registry = live.clone();
+        let target = Arc::new(Mutex::new(target));
+        let current = target.clone();
         std::thread::spawn(move || {
             for client in listener.incoming() {
                 let Ok(client) = client else { return };
-                let Ok(server) = TcpStream::connect(target) else {
+                let to = *current.lock().unwrap();
+                let Ok(server) = TcpStream::connect(to) else {
                     continue;
                 };
                 let mut list = registry.lock().unwrap();
@@ -47,7 +51,12 @@ impl Proxy {
                 pipe(server, client);
             }
         });
-        Self { addr, live }
+        Self { addr, live, target }
+    }
+
+    /// Forwards new connections to `target` from now on.
+    fn retarget(&self, target: SocketAddr) {
+        *self.target.lock().unwrap() = target;
     }
 
     /// Closes every connection open now.
@@ -148,5 +157,57 @@ fn a_cut_connection_comes_back_and_every_message_arrives_once() {
     );
     assert_eq!(sb.delivered.len(), 2, "{:?}", sb.delivered);
     assert!(a.reconnects() >= 1 && a.is_connected());
+    server.shutdown();
+}
+
+/// Goal: a server restart (`GoAway`, then nothing listening for a while) is survived: the
+/// client reports the drop, keeps trying with backoff while the server is down, and comes
+/// back to the new server, where its message is delivered.
+#[test]
+fn a_server_restart_is_survived_with_backoff() {
+    let mut rng = SeededRng::new(9);
+    let key = StaticKeypair::generate(&mut rng);
+    let start = |key: &StaticKeypair| {
+        let mut config = ServerConfig::new("127.0.0.1:0".parse().unwrap(), key.clone());
+        config.shards = 1;
+        Server::start(config).unwrap()
+    };
+    let server = start(&key);
+    let proxy = Proxy::start(server.local_addr());
+    let public = *key.public();
+    let a_key = StaticKeypair::generate(&mut rng);
+    let mut a = ReconnectingClient::connect(proxy.addr, ConnectionConfig::new(a_key, public), None)
+        .unwrap();
+    let mut sa = Seen::default();
+    server.shutdown();
+    // The old server is gone: wait until a reconnect attempt has failed at least once.
+    let deadline = std::time::Instant::now() + WAIT;
+    let mut failed_attempts = 0;
+    while failed_attempts == 0 {
+        assert!(std::time::Instant::now() < deadline, "no reconnect attempt");
+        if let Some(ReconnectEvent::Disconnected { reason, .. }) =
+            a.next_event(Duration::from_millis(20)).unwrap()
+        {
+            if reason.starts_with("reconnect failed") {
+                failed_attempts += 1;
+            }
+        }
+    }
+    assert!(!a.is_connected());
+    let to_self = Recipient::Device(a.device());
+    let kept = a.send(to_self, b"kept while down").unwrap();
+    assert_eq!(a.unacknowledged(), 1);
+    let server = start(&key);
+    proxy.retarget(server.local_addr());
+    let deadline = std::time::Instant::now() + WAIT;
+    while !sa.delivered.contains(&kept) || !sa.acked.contains(&kept) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not back after the restart"
+        );
+        pump(&mut a, &mut sa);
+    }
+    assert!(sa.reconnects >= 1);
+    assert_eq!(a.unacknowledged(), 0);
     server.shutdown();
 }
