@@ -187,10 +187,9 @@ fn a_server_restart_is_survived_with_backoff() {
         assert!(std::time::Instant::now() < deadline, "no reconnect attempt");
         if let Some(ReconnectEvent::Disconnected { reason, .. }) =
             a.next_event(Duration::from_millis(20)).unwrap()
+            && reason.starts_with("reconnect failed")
         {
-            if reason.starts_with("reconnect failed") {
-                failed_attempts += 1;
-            }
+            failed_attempts += 1;
         }
     }
     assert!(!a.is_connected());
