@@ -9,7 +9,7 @@ use std::collections::{BTreeSet, VecDeque};
 /// reconnect, for example), so a client keeps the ids of what it has already handed to the
 /// application. The window is bounded: an id older than the last `capacity` deliveries is no
 /// longer recognised.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Dedup {
     capacity: usize,
     order: VecDeque<MessageId>,

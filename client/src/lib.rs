@@ -10,21 +10,27 @@
 //! - [`Client`]: a blocking driver over `std::net::TcpStream` for simple programs and tests.
 //!   Programs with many connections drive [`Connection`] on their own event loop
 //!   ([`Client::into_parts`] hands one over after the handshake).
+//! - [`ReconnectingClient`]: a blocking client that reconnects after a drop or `GoAway` with
+//!   exponential backoff and full jitter ([`Backoff`]), keeping the dedup window and resending
+//!   what the server has not acknowledged.
+//! - [`api`]: a small blocking client of the REST API (devices, pairing codes, friends,
+//!   conversations).
 //! - [`keyfile`]: the device's private key in a local file with mode 0600.
 //!
 //! Driving rule (str0m's): after any `handle_*` call or command, write out
 //! [`Connection::poll_transmit`] and drain [`Connection::poll_event`] until both are empty,
 //! then wait for input no longer than [`Connection::poll_timeout`].
 //!
-//! The byte-level specification is `docs/PROTOCOL.md`. Accounts, pairing, friends, groups and
-//! end-to-end encryption of envelope bodies come later.
+//! The byte-level specification is `docs/PROTOCOL.md`; the REST API is `docs/API.md`.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod api;
 pub mod blocking;
 mod connection;
 mod dedup;
 pub mod keyfile;
+pub mod reconnect;
 
 pub use blocking::{Client, Clock, Error, OsRng};
 pub use connection::{
@@ -36,3 +42,6 @@ pub use dedup::Dedup;
 pub use dp_core::{ConversationId, DeviceId, MessageId};
 pub use dp_noise::{Cipher, Pattern, StaticKeypair, Suite};
 pub use dp_proto::{ErrorCode, Recipient, SendStatus};
+pub use reconnect::{
+    Backoff, RECONNECT_DELAY_MAX, RECONNECT_DELAY_MIN, ReconnectEvent, ReconnectingClient,
+};

@@ -1,5 +1,7 @@
-//! `commucat`: the CommuCat server (`serve`) and its command-line tool (`keygen`, `pubkey`).
+//! `commucat`: the CommuCat server (`serve`), its command-line tool (`keygen`, `pubkey`, ...)
+//! and the command-line client (`client ...`).
 
+mod client;
 mod control_side;
 mod serve;
 
@@ -11,6 +13,7 @@ use std::fs::OpenOptions;
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -69,10 +72,22 @@ enum Command {
         #[arg(long, short, default_value = "commucat.key")]
         key: PathBuf,
     },
+    /// The command-line client: set up a device (`init`, `register`, `pair`), manage devices,
+    /// friends and groups, and `send`, `listen` or `chat`. `--json` for scripts.
+    Client(client::ClientArgs),
 }
 
-fn main() -> Result<()> {
-    match Cli::parse().command {
+fn main() -> Result<ExitCode> {
+    let command = match Cli::parse().command {
+        Command::Client(args) => return Ok(client::run(args)),
+        other => other,
+    };
+    run(command).map(|()| ExitCode::SUCCESS)
+}
+
+fn run(command: Command) -> Result<()> {
+    match command {
+        Command::Client(_) => Ok(()),
         Command::Serve(args) => serve::run(args),
         Command::Keygen { out, force } => keygen(&out, force),
         Command::Pubkey { key } => pubkey(&key),

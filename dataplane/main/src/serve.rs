@@ -190,6 +190,12 @@ pub(crate) fn run(args: ServeArgs) -> Result<()> {
         "server public key (give it to clients): {}",
         hex::encode(key.public())
     );
+    // Before the lines that tests and scripts wait for (the REST API's is the last), so a
+    // reader that stops there has read it.
+    println!(
+        "invite (run on a client device): {}",
+        invite(server.local_addr(), key.public(), control.api_addr())
+    );
     let port = port_rx
         .recv()
         .context("the server started without a control port")?;
@@ -210,6 +216,26 @@ pub(crate) fn run(args: ServeArgs) -> Result<()> {
     control.shutdown();
     println!("stopped");
     Ok(())
+}
+
+/// The `commucat client init` line a user pastes to set up a device. An unspecified listen
+/// address (0.0.0.0 or ::) becomes loopback: the operator replaces it with the host's name.
+fn invite(listen: SocketAddr, public: &[u8; 32], api: Option<SocketAddr>) -> String {
+    let reachable = |mut addr: SocketAddr| {
+        if addr.ip().is_unspecified() {
+            addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        addr
+    };
+    let mut line = format!(
+        "commucat client init --server {} --server-key {}",
+        reachable(listen),
+        hex::encode(public)
+    );
+    if let Some(api) = api {
+        line.push_str(&format!(" --api http://{}/v1", reachable(api)));
+    }
+    line
 }
 
 /// The previous key (`KEY.previous`, written by `commucat rotate-keys`) with what is left of its

@@ -1,0 +1,440 @@
+//! Message commands: send, listen, chat.
+#![allow(clippy::disallowed_methods)] // chat reads stdin on its own thread; listen reads the clock
+
+use super::Out;
+use super::content::{Plaintext, Sealer};
+use super::profile::{Received, parse_device_id};
+use super::session::Ctx;
+use anyhow::{Context, Result, anyhow, bail};
+use commucat_client::{
+    Client, ConversationId, Delivery, DeviceId, ErrorCode, Event, MessageId, OsRng, Recipient,
+    ReconnectEvent, SendStatus,
+};
+use serde_json::json;
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::BufRead;
+use std::time::{Duration, Instant};
+
+/// How long `send` waits for the server to take its messages.
+const SEND_WAIT: Duration = Duration::from_secs(10);
+/// Lines typed in `chat` waiting to be sent.
+const CHAT_LINES_MAX: usize = 64;
+/// How often `listen` and `chat` look at the clock and the keyboard while idle.
+const POLL_INTERVAL: Duration = Duration::from_millis(100);
+/// Devices remembered by name in one run (the account's and its friends').
+const DIRECTORY_MAX: usize = 4096;
+
+/// The devices a message to `handle` goes to: theirs and this account's other devices.
+fn targets(ctx: &Ctx, handle: &str) -> Result<Vec<DeviceId>> {
+    let own_handle = ctx.handle()?.to_string();
+    let this = dp_noise::device_id(ctx.profile.key()?.public());
+    let mut devices = Vec::new();
+    if handle != own_handle {
+        let theirs = ctx.api(|api| api.user_devices(handle))?;
+        devices.extend(
+            theirs
+                .iter()
+                .filter(|d| d.revoked_at_ms.is_none())
+                .filter_map(|d| parse_device_id(&d.id)),
+        );
+        if devices.is_empty() {
+            bail!("{handle} has no devices to send to");
+        }
+    }
+    let own = ctx.api(|api| api.devices())?;
+    devices.extend(
+        own.iter()
+            .filter(|d| d.revoked_at_ms.is_none())
+            .filter_map(|d| parse_device_id(&d.id))
+            .filter(|d| *d != this),
+    );
+    devices.sort_unstable();
+    devices.dedup();
+    if devices.is_empty() {
+        bail!("no other device to send to");
+    }
+    Ok(devices)
+}
+
+fn status_name(status: SendStatus) -> &'static str {
+    match status {
+        SendStatus::Delivered => "delivered",
+        SendStatus::Stored => "stored",
+        _ => "retry",
+    }
+}
+
+pub(crate) fn send(ctx: &Ctx, handle: &str, text: &str, out: Out) -> Result<()> {
+    let devices = targets(ctx, handle)?;
+    let mut client = ctx.connect()?;
+    let mut sealer = Plaintext;
+    let mut waiting: BTreeMap<MessageId, DeviceId> = BTreeMap::new();
+    for device in &devices {
+        let recipient = Recipient::Device(*device);
+        let body = sealer.seal(recipient, text)?;
+        let id = client
+            .send(recipient, &body)
+            .map_err(|e| anyhow!("the connection failed while sending: {e}: try again"))?;
+        waiting.insert(id, *device);
+    }
+    let mut counts: BTreeMap<&'static str, usize> = BTreeMap::new();
+    wait_acks(
+        ctx,
+        &mut client,
+        &mut waiting,
+        None,
+        |id, device, status| {
+            *counts.entry(status_name(status)).or_default() += 1;
+            out.emit(
+                &json!({ "type": "sent", "to": handle, "device": hex::encode(device.0),
+                     "id": hex::encode(id.0), "status": status_name(status) }),
+                String::new,
+            );
+        },
+    )?;
+    if !out.json {
+        let summary: Vec<String> = counts.iter().map(|(k, v)| format!("{v} {k}")).collect();
+        println!(
+            "sent to {handle} ({} device{}: {})",
+            devices.len(),
+            if devices.len() == 1 { "" } else { "s" },
+            summary.join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// Waits until the server has taken every message in `waiting` (delivered or stored).
+fn wait_acks(
+    ctx: &Ctx,
+    client: &mut Client<OsRng>,
+    waiting: &mut BTreeMap<MessageId, DeviceId>,
+    group: Option<u64>,
+    mut taken: impl FnMut(MessageId, DeviceId, SendStatus),
+) -> Result<()> {
+    let deadline = Instant::now() + SEND_WAIT;
+    while !waiting.is_empty() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            bail!(
+                "the server did not confirm {} message(s) in time; they may still arrive: check \
+                 the connection and send again if needed",
+                waiting.len()
+            );
+        }
+        match client.next_event(left) {
+            Ok(Some(Event::SendAck {
+                message, status, ..
+            })) if status != SendStatus::Retry => {
+                if let Some(device) = waiting.remove(&message) {
+                    taken(message, device, status);
+                }
+            }
+            Ok(Some(Event::Delivered(delivery))) => ctx.stash(&delivery)?,
+            Ok(Some(Event::Error { code, .. })) => bail!("{}", refusal(code, group)),
+            Ok(Some(Event::Closed(reason))) => {
+                bail!("the server closed the session ({reason:?}) before confirming: send again")
+            }
+            Ok(_) => {}
+            Err(error) => bail!("the connection failed: {error}: send again"),
+        }
+    }
+    let _ = client.flush();
+    Ok(())
+}
+
+/// What to say when the server refuses a send with an `Error` frame.
+fn refusal(code: ErrorCode, group: Option<u64>) -> String {
+    match group {
+        Some(group) if code == ErrorCode::FORBIDDEN => format!(
+            "the server refused the message to group {group} (FORBIDDEN): check that you are a \
+             member with `commucat client groups show {group}`; if you are, this server does not \
+             accept group messages yet"
+        ),
+        Some(group) => format!(
+            "the server refused the message to group {group} ({code}): see docs/PROTOCOL.md §8"
+        ),
+        None => format!("the server refused the message ({code}): see docs/PROTOCOL.md §8"),
+    }
+}
+
+pub(crate) fn send_group(ctx: &Ctx, group: u64, text: &str, out: Out) -> Result<()> {
+    ctx.handle()?;
+    let mut client = ctx.connect()?;
+    let recipient = Recipient::Conversation(ConversationId(group));
+    let body = Plaintext.seal(recipient, text)?;
+    let id = client
+        .send(recipient, &body)
+        .map_err(|e| anyhow!("the connection failed while sending: {e}: try again"))?;
+    let mut waiting = BTreeMap::from([(id, DeviceId::default())]);
+    wait_acks(
+        ctx,
+        &mut client,
+        &mut waiting,
+        Some(group),
+        |id, _, status| {
+            out.emit(
+                &json!({ "type": "sent", "group": group, "id": hex::encode(id.0),
+                     "status": status_name(status) }),
+                || format!("sent to group {group} ({})", status_name(status)),
+            );
+        },
+    )
+}
+
+/// Device ids to handles, for showing who wrote.
+struct Directory {
+    names: BTreeMap<DeviceId, String>,
+    tried: BTreeSet<DeviceId>,
+}
+
+impl Directory {
+    fn new() -> Self {
+        Self {
+            names: BTreeMap::new(),
+            tried: BTreeSet::new(),
+        }
+    }
+
+    /// The handle of `device`'s account; the directory is reloaded once per unknown device.
+    fn handle(&mut self, ctx: &Ctx, device: DeviceId) -> Option<String> {
+        if !self.names.contains_key(&device)
+            && self.tried.len() < DIRECTORY_MAX
+            && self.tried.insert(device)
+        {
+            let _ = self.load(ctx);
+        }
+        self.names.get(&device).cloned()
+    }
+
+    fn load(&mut self, ctx: &Ctx) -> Result<()> {
+        let own = ctx.handle()?.to_string();
+        let mut add = |handle: &str, devices: Vec<commucat_client::api::Device>| {
+            for d in devices {
+                if let Some(id) = parse_device_id(&d.id)
+                    && self.names.len() < DIRECTORY_MAX
+                {
+                    self.names.insert(id, handle.to_string());
+                }
+            }
+        };
+        add(&own, ctx.api(|api| api.devices())?);
+        for friend in ctx.api(|api| api.friends())? {
+            if let Ok(devices) = ctx.api(|api| api.user_devices(&friend.handle)) {
+                add(&friend.handle, devices);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `HH:MM:SS` (UTC) of a Unix time in ms.
+fn clock_time(ms: u64) -> String {
+    let secs = ms / 1000;
+    format!(
+        "{:02}:{:02}:{:02}",
+        (secs / 3600) % 24,
+        (secs / 60) % 60,
+        secs % 60
+    )
+}
+
+/// Prints one received message.
+fn show(ctx: &Ctx, directory: &mut Directory, received: &Received, out: Out) {
+    let device = parse_device_id(&received.device).unwrap_or_default();
+    let from = directory.handle(ctx, device);
+    let body = hex::decode(&received.body).unwrap_or_default();
+    let opened = Plaintext.open(device, &body);
+    let mut value = json!({
+        "type": "message",
+        "id": received.id,
+        "from": from,
+        "device": received.device,
+        "conversation": received.conversation,
+        "seq": received.seq,
+        "sent_at_ms": received.sent_at_ms,
+    });
+    match &opened {
+        Ok(text) => value["text"] = json!(text),
+        Err(error) => value["error"] = json!(error.to_string()),
+    }
+    out.emit(&value, || {
+        let who = from.clone().unwrap_or_else(|| "unknown".to_string());
+        let short = &received.device[..received.device.len().min(8)];
+        let place = if received.conversation == 0 {
+            String::new()
+        } else {
+            format!(" in group {}", received.conversation)
+        };
+        match &opened {
+            Ok(text) => format!(
+                "[{}] {who} ({short}){place}: {text}",
+                clock_time(received.sent_at_ms)
+            ),
+            Err(error) => format!(
+                "[{}] {who} ({short}){place}: <unreadable: {error:#}>",
+                clock_time(received.sent_at_ms)
+            ),
+        }
+    });
+}
+
+fn received(delivery: &Delivery) -> Received {
+    Received {
+        id: hex::encode(delivery.message.0),
+        device: hex::encode(delivery.sender.0),
+        conversation: delivery.conversation.0,
+        seq: delivery.seq,
+        sent_at_ms: delivery.sent_at_ms,
+        body: hex::encode(&delivery.body),
+    }
+}
+
+/// Reports connection changes on stderr (stdout stays one object per message).
+fn report(event: &ReconnectEvent) {
+    match event {
+        ReconnectEvent::Disconnected { reason, retry_in } => eprintln!(
+            "connection lost ({reason}); reconnecting in {:.1} s",
+            retry_in.as_secs_f64()
+        ),
+        ReconnectEvent::Reconnected { resent, .. } => {
+            eprintln!("reconnected; {resent} unconfirmed message(s) sent again");
+        }
+        ReconnectEvent::Event(Event::Error { code, .. }) => {
+            eprintln!("{}", refusal(*code, None));
+        }
+        _ => {}
+    }
+}
+
+pub(crate) fn listen(ctx: &Ctx, count: Option<u64>, timeout: Option<u64>, out: Out) -> Result<()> {
+    ctx.handle()?;
+    let deadline = timeout.map(|secs| Instant::now() + Duration::from_secs(secs));
+    let mut directory = Directory::new();
+    let mut shown = 0u64;
+    for kept in ctx.profile.inbox() {
+        show(ctx, &mut directory, &kept, out);
+        shown += 1;
+    }
+    ctx.profile.clear_inbox()?;
+    let mut client = ctx.connect_reconnecting()?;
+    loop {
+        let reached = count.is_some_and(|count| shown >= count);
+        let wait = if reached {
+            // Show what has arrived already (it is acknowledged), then stop.
+            Duration::ZERO
+        } else {
+            match deadline {
+                Some(deadline) => deadline.saturating_duration_since(Instant::now()),
+                None => Duration::from_secs(3600),
+            }
+        };
+        match client.next_event(wait)? {
+            Some(ReconnectEvent::Event(Event::Delivered(delivery))) => {
+                let message = received(&delivery);
+                ctx.profile.mark_seen(delivery.message)?;
+                show(ctx, &mut directory, &message, out);
+                shown += 1;
+            }
+            Some(other) => report(&other),
+            None if reached || deadline.is_some_and(|d| Instant::now() >= d) => break,
+            None => {}
+        }
+    }
+    client.flush();
+    if !out.json {
+        eprintln!("{shown} message(s)");
+    }
+    Ok(())
+}
+
+pub(crate) fn chat(ctx: &Ctx, handle: &str, out: Out) -> Result<()> {
+    let devices = targets(ctx, handle)?;
+    let mut directory = Directory::new();
+    let mut client = ctx.connect_reconnecting()?;
+    let (lines_tx, lines_rx) = std::sync::mpsc::sync_channel::<String>(CHAT_LINES_MAX);
+    std::thread::Builder::new()
+        .name("chat-stdin".into())
+        .spawn(move || {
+            for line in std::io::stdin().lock().lines() {
+                let Ok(line) = line else { break };
+                if lines_tx.send(line).is_err() {
+                    break;
+                }
+            }
+        })
+        .context("cannot start the keyboard reader")?;
+    if !out.json {
+        eprintln!("chatting with {handle}; type a line and Enter to send, Ctrl-D to end");
+    }
+    let mut sealer = Plaintext;
+    let mut ended_at: Option<Instant> = None;
+    loop {
+        match client.next_event(POLL_INTERVAL)? {
+            Some(ReconnectEvent::Event(Event::Delivered(delivery))) => {
+                ctx.profile.mark_seen(delivery.message)?;
+                show(ctx, &mut directory, &received(&delivery), out);
+            }
+            Some(other) => report(&other),
+            None => {}
+        }
+        loop {
+            match lines_rx.try_recv() {
+                Ok(line) if line.trim().is_empty() => {}
+                Ok(line) => {
+                    for device in &devices {
+                        let recipient = Recipient::Device(*device);
+                        let body = sealer.seal(recipient, &line)?;
+                        let id = client
+                            .send(recipient, &body)
+                            .map_err(|e| anyhow!("cannot send: {e}"))?;
+                        if out.json {
+                            out.emit(
+                                &json!({ "type": "sent", "to": handle,
+                                         "device": hex::encode(device.0),
+                                         "id": hex::encode(id.0) }),
+                                String::new,
+                            );
+                        }
+                    }
+                }
+                Err(std::sync::mpsc::TryRecvError::Empty) => break,
+                Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                    ended_at.get_or_insert_with(Instant::now);
+                    break;
+                }
+            }
+        }
+        if let Some(at) = ended_at {
+            // Input ended: leave once the server has taken what was typed.
+            if client.unacknowledged() == 0 {
+                break;
+            }
+            if at.elapsed() > SEND_WAIT {
+                bail!(
+                    "{} message(s) were not confirmed by the server before exit: send them again",
+                    client.unacknowledged()
+                );
+            }
+        }
+    }
+    client.flush();
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clock_time_is_utc_hours_minutes_seconds() {
+        assert_eq!(clock_time(0), "00:00:00");
+        assert_eq!(clock_time(1_700_000_000_000), "22:13:20");
+    }
+
+    #[test]
+    fn a_forbidden_send_names_the_likely_cause() {
+        assert!(refusal(ErrorCode::FORBIDDEN, Some(3)).contains("groups show 3"));
+        assert!(refusal(ErrorCode::CONFLICT, None).contains("CONFLICT"));
+    }
+}
