@@ -80,7 +80,7 @@ impl ControlSide {
         } else {
             let credential = control_api::generate_admin_credential(&credential_path);
             if credential.is_ok() {
-                println!(
+                say!(
                     "created the admin credential {} (mode 0600)",
                     credential_path.display()
                 );
@@ -106,7 +106,7 @@ impl ControlSide {
                 let _ = stop.wait_for(|stopped| *stopped).await;
             };
             if let Err(error) = control_api::serve_with_shutdown(listener, state, shutdown).await {
-                eprintln!("REST API stopped: {error}");
+                esay!("REST API stopped: {error}");
             }
         });
         // Revocations from the API reach the shards through the delivery loop.

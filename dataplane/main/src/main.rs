@@ -1,6 +1,23 @@
 //! `commucat`: the CommuCat server (`serve`), its command-line tool (`keygen`, `pubkey`, ...)
 //! and the command-line client (`client ...`).
 
+/// `println!` for a long-running server: a closed stdout (a supervisor or a script that
+/// stopped reading) must not panic it, so write errors are ignored.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
+/// `eprintln!` that ignores a closed stderr, as [`say!`] does for stdout.
+macro_rules! esay {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 mod client;
 mod control_side;
 mod serve;

@@ -107,7 +107,7 @@ pub(crate) fn run(args: ServeArgs) -> Result<()> {
         read_key(&key_path)?
     } else {
         let key = write_new_key(&key_path)?;
-        println!("created the server key {} (mode 0600)", key_path.display());
+        say!("created the server key {} (mode 0600)", key_path.display());
         key
     };
     let listen = match args.listen.or(file.listen) {
@@ -175,24 +175,24 @@ pub(crate) fn run(args: ServeArgs) -> Result<()> {
             format!("cannot listen on {listen} (or the metrics address): is it free and ours?")
         })?,
     };
-    println!(
+    say!(
         "CommuCat listening on {} with {shards} shards ({} backend)",
         server.local_addr(),
         server.backend()
     );
     if let Some(reason) = server.fallback_reason() {
-        println!("io_uring is unavailable, so epoll runs: {reason}");
+        say!("io_uring is unavailable, so epoll runs: {reason}");
     }
     if let Some(addr) = server.metrics_addr() {
-        println!("metrics at http://{addr}/metrics");
+        say!("metrics at http://{addr}/metrics");
     }
-    println!(
+    say!(
         "server public key (give it to clients): {}",
         hex::encode(key.public())
     );
     // Before the lines that tests and scripts wait for (the REST API's is the last), so a
     // reader that stops there has read it.
-    println!(
+    say!(
         "invite (run on a client device): {}",
         invite(server.local_addr(), key.public(), control.api_addr())
     );
@@ -202,19 +202,19 @@ pub(crate) fn run(args: ServeArgs) -> Result<()> {
     control.attach(port, revoked);
     match &store_config.backend {
         StoreBackend::Sqlite { path } => {
-            println!("offline envelopes and accounts: {}", path.display())
+            say!("offline envelopes and accounts: {}", path.display())
         }
-        StoreBackend::Postgres { .. } => println!("offline envelopes and accounts: PostgreSQL"),
+        StoreBackend::Postgres { .. } => say!("offline envelopes and accounts: PostgreSQL"),
     }
     if let Some(addr) = control.api_addr() {
-        println!("REST API at http://{addr}/v1 (OpenAPI at /openapi.json)");
+        say!("REST API at http://{addr}/v1 (OpenAPI at /openapi.json)");
     }
 
     let signal = signals.forever().next();
-    println!("signal {signal:?}: stopping; clients are told to reconnect");
+    say!("signal {signal:?}: stopping; clients are told to reconnect");
     server.shutdown();
     control.shutdown();
-    println!("stopped");
+    say!("stopped");
     Ok(())
 }
 
@@ -254,7 +254,7 @@ fn previous_key(
     let age = retired.elapsed().unwrap_or(Duration::ZERO);
     match grace.checked_sub(age) {
         Some(left) if !left.is_zero() => {
-            println!(
+            say!(
                 "previous key {} still accepted for {} s",
                 path.display(),
                 left.as_secs()

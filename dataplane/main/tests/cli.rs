@@ -162,6 +162,50 @@ fn serve_refuses_an_unknown_backend() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// Goal: a closed stdout (a supervisor or script that stopped reading) does not crash `serve`:
+/// it still stops cleanly on SIGTERM, although it prints as it stops. Method: read the start-up
+/// lines, close the pipe, send SIGTERM, and require exit status 0 within a deadline.
+#[test]
+fn serve_survives_a_closed_stdout() {
+    use std::io::{BufRead, BufReader};
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    let dir = temp_dir("closed-stdout");
+    let mut child = commucat()
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--api-listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--shards", "1", "--data-dir"])
+        .arg(dir.join("data"))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    while !line.starts_with("REST API at") {
+        line.clear();
+        assert_ne!(stdout.read_line(&mut line).unwrap(), 0, "serve ended early");
+    }
+    drop(stdout);
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let (done_tx, done) = mpsc::channel();
+    std::thread::spawn(move || done_tx.send(child.wait().unwrap()));
+    let exit = done
+        .recv_timeout(Duration::from_secs(20))
+        .expect("serve exits after SIGTERM");
+    assert!(exit.success(), "{exit:?}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 /// Runs `serve` with `extra` arguments on port 0, connects, stops it with SIGTERM, and returns
 /// the line that says where it listens.
 fn serve_accepts_and_stops(name: &str, extra: &[&str]) -> String {
