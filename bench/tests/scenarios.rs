@@ -166,24 +166,43 @@ fn commucat_fanout_runs_or_says_the_server_does_not_fan_out_yet() {
 
 #[test]
 fn offline_stores_then_drains_every_envelope() {
-    if !commucat_beside_bench() {
-        eprintln!("no commucat binary beside bench: skipped (cargo build -p commucat)");
+    let mut targets = Vec::new();
+    if commucat_beside_bench() {
+        targets.push("commucat");
+    }
+    if nats_installed() {
+        targets.push("nats");
+    }
+    if targets.is_empty() {
+        eprintln!("neither commucat beside bench nor nats-server: skipped");
         return;
     }
+    let targets = targets.join(",");
     let (report, output) = run(
-        &["offline", "--messages", "200", "--size", "256"],
+        &[
+            "offline",
+            "--target",
+            &targets,
+            "--messages",
+            "200",
+            "--size",
+            "256",
+        ],
         "offline",
     );
     assert!(output.status.success(), "{}", stderr(&output));
     let report = report.unwrap();
     let results = report["results"].as_array().unwrap();
-    assert_eq!(results.len(), 2);
-    assert_eq!(results[0]["mode"], "store");
-    assert_eq!(results[1]["mode"], "drain");
-    for result in results {
-        assert_eq!(result["messages"], 200, "{result}");
-        assert!(result["received_per_s"].as_f64().unwrap() > 0.0);
-        assert!(result["latency_us"]["p50"].as_f64().unwrap() > 0.0);
+    assert_eq!(results.len(), 2 * targets.split(',').count());
+    for (pair, target) in results.chunks(2).zip(targets.split(',')) {
+        assert_eq!(pair[0]["mode"], "store");
+        assert_eq!(pair[1]["mode"], "drain");
+        for result in pair {
+            assert_eq!(result["target"], target);
+            assert_eq!(result["messages"], 200, "{result}");
+            assert!(result["received_per_s"].as_f64().unwrap() > 0.0);
+            assert!(result["latency_us"]["p50"].as_f64().unwrap() > 0.0);
+        }
     }
 }
 

@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use commucat_bench::load::engine::Pace;
 use commucat_bench::load::report::{self, Report, RunResult, compare};
 use commucat_bench::load::servers::{self, CommuCat, Target};
-use commucat_bench::load::{self, LoadSettings, TargetKind, fanout, offline, sys};
+use commucat_bench::load::{self, LoadSettings, TargetKind, fanout, jetstream, offline, sys};
 use commucat_client::{Cipher, Clock, Pattern, Suite};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -117,6 +117,9 @@ struct FanoutArgs {
 
 #[derive(Debug, Args, serde::Serialize)]
 struct OfflineArgs {
+    /// Targets, one after the other: commucat, and nats for NATS JetStream (file store).
+    #[arg(long, value_delimiter = ',', default_value = "commucat")]
+    target: Vec<TargetKind>,
     /// Envelopes to store, then drain.
     #[arg(long, default_value_t = 10_000)]
     messages: usize,
@@ -302,7 +305,7 @@ fn start(kind: TargetKind, args: &ServerArgs, scenario: Scenario) -> Result<Targ
         }
         TargetKind::Echo if scenario == Scenario::Fanout => fanout::start_echo()?,
         TargetKind::Echo => servers::start_echo()?,
-        TargetKind::Nats => servers::start_nats()?,
+        TargetKind::Nats => servers::start_nats(scenario == Scenario::Offline)?,
         TargetKind::EchoUdp => servers::start_echo_udp()?,
     };
     if let Some(cpu) = args.pin_server {
@@ -459,13 +462,45 @@ fn offline(args: &OfflineArgs) -> Result<()> {
         window: args.window,
         suite: parse_suite(&args.suite)?,
     };
+    if args.target.is_empty() {
+        bail!("give at least one target");
+    }
     let mut report = new_report("offline", serde_json::to_value(args)?);
-    let target = start(TargetKind::Commucat, &args.server, Scenario::Offline)?;
-    let result = offline::run(&target, &settings);
-    target.stop();
-    report.results.extend(result?);
-    report.settings["nats"] = serde_json::json!(offline::NATS_NOTE);
-    finish(&report, args.server.out.as_ref())
+    report.settings["baseline"] = serde_json::json!(offline::NATS_NOTE);
+    let mut failed = Vec::new();
+    for &kind in &args.target {
+        let result = match kind {
+            TargetKind::Commucat | TargetKind::Nats => start(kind, &args.server, Scenario::Offline)
+                .and_then(|target| {
+                    let result = if kind == TargetKind::Nats {
+                        jetstream::run(&target, &settings)
+                    } else {
+                        offline::run(&target, &settings)
+                    };
+                    target.stop();
+                    result
+                }),
+            TargetKind::Echo | TargetKind::EchoUdp => Err(anyhow::anyhow!(
+                "an echo stores nothing, so it is no baseline for offline delivery"
+            )),
+        };
+        match result {
+            Ok(rows) => report.results.extend(rows),
+            Err(error) => {
+                eprintln!("{}: {error:#}", kind.name());
+                failed.push(format!("{}: {error:#}", kind.name()));
+            }
+        }
+    }
+    if !failed.is_empty() {
+        report.settings["failed"] = serde_json::json!(failed);
+    }
+    finish(&report, args.server.out.as_ref())?;
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        bail!("{} target(s) failed: {}", failed.len(), failed.join("; "))
+    }
 }
 
 fn handshake(args: &HandshakeArgs) -> Result<()> {

@@ -21,9 +21,10 @@ pub const MESSAGES_MAX: usize = 1_000_000;
 /// The longest wait for the next acknowledgement or delivery before the run fails.
 const STALL_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// What the report says about a comparison: no baseline runs in this scenario yet.
-pub const NATS_NOTE: &str = "no baseline: a plain echo stores nothing, so it is not \
-    comparable; NATS JetStream (nats-server -js, file store) is the comparison to add";
+/// What the report says about the comparison.
+pub const NATS_NOTE: &str = "the baseline is NATS JetStream (nats-server -js, file store; \
+    nats-server 2.9 acknowledges without an fsync per message, CommuCat after a committed \
+    SQLite transaction); a plain echo stores nothing, so it is not comparable";
 
 /// Checks `--messages`: 1 to [`MESSAGES_MAX`].
 pub fn check_messages(messages: usize) -> Result<()> {
@@ -119,7 +120,15 @@ pub fn run(target: &Target, settings: &OfflineSettings) -> Result<Vec<RunResult>
     }
     let (cpu1, t1) = (target.cpu_ns(), clock.now().0);
     drop(sender);
-    let store = row("store", settings.messages, t1 - t0, cpu0, cpu1, &histogram);
+    let store = row(
+        TargetKind::Commucat,
+        "store",
+        settings.messages,
+        t1 - t0,
+        (cpu0, cpu1),
+        &histogram,
+        serde_json::json!({ "latency_from": "send" }),
+    );
     eprintln!(
         "[offline] stored {} in {:.2} s; the recipient connects",
         settings.messages,
@@ -150,26 +159,38 @@ pub fn run(target: &Target, settings: &OfflineSettings) -> Result<Vec<RunResult>
     let (cpu1, t1) = (target.cpu_ns(), clock.now().0);
     // Let the last acknowledgements reach the server before the session goes.
     let _ = recipient.flush();
-    let drain = row("drain", settings.messages, t1 - t0, cpu0, cpu1, &histogram);
+    let drain = row(
+        TargetKind::Commucat,
+        "drain",
+        settings.messages,
+        t1 - t0,
+        (cpu0, cpu1),
+        &histogram,
+        serde_json::json!({ "latency_from": "the recipient's connect" }),
+    );
     Ok(vec![store, drain])
 }
 
-fn row(
+/// One row of the report: `messages` over `wall_ns`, server CPU between the two readings.
+pub(super) fn row(
+    target: TargetKind,
     mode: &str,
     messages: usize,
     wall_ns: u64,
-    cpu0: Option<u64>,
-    cpu1: Option<u64>,
+    cpu: (Option<u64>, Option<u64>),
     histogram: &Histogram<u64>,
+    extra: serde_json::Value,
 ) -> RunResult {
     let seconds = (wall_ns as f64 / 1e9).max(1e-9);
-    let cpu = match (cpu0, cpu1) {
+    let cpu = match cpu {
         (Some(a), Some(b)) => Some(b.saturating_sub(a)),
         _ => None,
     };
     let rate = messages as f64 / seconds;
+    let mut extra = extra;
+    extra["seconds"] = serde_json::json!(seconds);
     RunResult {
-        target: TargetKind::Commucat.name().into(),
+        target: target.name().into(),
         mode: mode.into(),
         rate_target: None,
         sent_per_s: rate,
@@ -180,9 +201,6 @@ fn row(
         latency_curve_us: report::latency_curve(histogram),
         server_cpu_us_per_msg: cpu.map(|ns| ns as f64 / 1000.0 / messages.max(1) as f64),
         server_cpu_percent: cpu.map(|ns| 100.0 * ns as f64 / wall_ns.max(1) as f64),
-        extra: serde_json::json!({
-            "seconds": seconds,
-            "latency_from": if mode == "store" { "send" } else { "the recipient's connect" },
-        }),
+        extra,
     }
 }

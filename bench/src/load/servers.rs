@@ -444,11 +444,22 @@ fn spawn_commucat(binary: &Path, shards: u16, with_api: bool) -> Result<Target> 
     })
 }
 
-/// Starts `nats-server` on a free loopback port (installs nothing: say how if it is missing).
-pub fn start_nats() -> Result<Target> {
+/// Starts `nats-server` on a free loopback port (installs nothing: say how if it is missing);
+/// with `jetstream`, JetStream on a file store in a private temporary directory.
+pub fn start_nats(jetstream: bool) -> Result<Target> {
     let port = sys::free_port()?;
-    let child = Command::new("nats-server")
-        .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+    let mut command = Command::new("nats-server");
+    command.args(["-a", "127.0.0.1", "-p", &port.to_string()]);
+    let dir = if jetstream {
+        let dir = std::env::temp_dir().join(format!("commucat-bench-js-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        command.arg("-js").arg("-sd").arg(&dir);
+        Some(dir)
+    } else {
+        None
+    };
+    let child = command
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -465,7 +476,7 @@ pub fn start_nats() -> Result<Target> {
                 api: None,
                 pid: Some(child.id()),
                 prefix: None,
-                kind: Kind::Child(child, None),
+                kind: Kind::Child(child, dir),
             });
         }
         std::thread::sleep(Duration::from_millis(50));
