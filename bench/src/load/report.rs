@@ -269,10 +269,13 @@ pub fn summary(reports: &[Report]) -> String {
                 r.lost
             );
         }
-        if let Some(failed) = report.settings.get("failed") {
+        let failed = report.settings.get("failed").and_then(|f| f.as_array());
+        for failure in failed.into_iter().flatten().filter_map(|f| f.as_str()) {
+            let (target, why) = failure.split_once(": ").unwrap_or(("?", failure));
+            let why = why.replace('|', "/");
             let _ = writeln!(
                 out,
-                "| {} | failed: {failed} | | | | | | | | | |",
+                "| {} | {target} | failed: {why} | | | | | | | | |",
                 report.scenario
             );
         }

@@ -88,3 +88,14 @@ fn the_summary_lists_every_row_and_the_ratios() {
         "{text}"
     );
 }
+
+#[test]
+fn a_failed_target_gets_its_own_row_in_the_summary() {
+    let mut failing = report(vec![result("nats", "open-loop", 1000.0, 150.0, None)]);
+    failing.settings["failed"] = serde_json::json!(["commucat: this server does not fan out"]);
+    let text = summary(&[failing]);
+    assert!(
+        text.contains("| fanout | commucat | failed: this server does not fan out |"),
+        "{text}"
+    );
+}
