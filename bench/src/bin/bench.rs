@@ -472,11 +472,23 @@ fn offline(args: &OfflineArgs) -> Result<()> {
         let result = match kind {
             TargetKind::Commucat | TargetKind::Nats => start(kind, &args.server, Scenario::Offline)
                 .and_then(|target| {
-                    let result = if kind == TargetKind::Nats {
-                        jetstream::run(&target, &settings)
-                    } else {
-                        offline::run(&target, &settings)
-                    };
+                    // On its own thread, so that `--pin-load` pins the client side only
+                    // (a server started later must not inherit the pinning).
+                    let result = std::thread::scope(|scope| {
+                        scope
+                            .spawn(|| {
+                                if let Some(cpu) = args.server.pin_load {
+                                    let _ = sys::pin_current_thread(cpu);
+                                }
+                                if kind == TargetKind::Nats {
+                                    jetstream::run(&target, &settings)
+                                } else {
+                                    offline::run(&target, &settings)
+                                }
+                            })
+                            .join()
+                            .unwrap_or_else(|_| Err(anyhow::anyhow!("the offline client panicked")))
+                    });
                     target.stop();
                     result
                 }),
