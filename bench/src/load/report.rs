@@ -133,11 +133,11 @@ impl Report {
         );
         let _ = writeln!(
             out,
-            "| target | mode | rate asked | received msg/s | p50 µs | p90 µs | p99 µs | p99.9 µs | max µs | server CPU µs/msg | lost | msg/s ÷ first | p99 ÷ first | CPU/msg ÷ first |"
+            "| target | mode | rate asked | sent msg/s | received msg/s | p50 µs | p90 µs | p99 µs | p99.9 µs | max µs | server CPU µs/msg | lost | msg/s ÷ first | p99 ÷ first | CPU/msg ÷ first |"
         );
         let _ = writeln!(
             out,
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
         );
         let ratio = |x: f64, y: f64| {
             if y > 0.0 {
@@ -156,11 +156,12 @@ impl Report {
             let l = r.latency_us;
             let _ = writeln!(
                 out,
-                "| {} | {} | {} | {:.0} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {:.0} | {:.0} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {} | {} | {} | {} | {} |",
                 r.target,
                 r.mode,
                 r.rate_target
                     .map_or_else(|| "max".into(), |x| format!("{x:.0}")),
+                r.sent_per_s,
                 r.received_per_s,
                 l.p50,
                 l.p90,
