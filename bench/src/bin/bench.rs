@@ -1,5 +1,6 @@
-//! `bench`: CommuCat's load generator. Scenarios `relay`, `echo-tcp`, `handshake`, `idle`, and
-//! `compare` for two reports. See `docs/benchmarks.md` for how to run each and
+//! `bench`: CommuCat's load generator. Scenarios `relay`, `fanout`, `offline`, `echo-tcp`,
+//! `echo-udp`, `handshake`, `idle`; `compare` for two reports and `summary` for the combined
+//! table of several. See `docs/benchmarks.md` for how to run each and
 //! `docs/design/0007-client-and-bench.md` for the method.
 #![allow(clippy::disallowed_methods)]
 
@@ -8,7 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use commucat_bench::load::engine::Pace;
 use commucat_bench::load::report::{self, Report, RunResult, compare};
 use commucat_bench::load::servers::{self, CommuCat, Target};
-use commucat_bench::load::{self, LoadSettings, TargetKind, sys};
+use commucat_bench::load::{self, LoadSettings, TargetKind, fanout, jetstream, offline, sys};
 use commucat_client::{Cipher, Clock, Pattern, Suite};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -31,6 +32,12 @@ enum Command {
     /// N sender→recipient pairs through the server, at a rate or at the closed-loop maximum;
     /// `--target commucat,echo,nats` runs the baselines in the same run.
     Relay(RelayArgs),
+    /// One sender publishes to a group of N recipients (a CommuCat group conversation, N NATS
+    /// subscribers of one subject, or a fan-out echo); latency per delivered copy.
+    Fanout(FanoutArgs),
+    /// With the recipient offline, store M envelopes (each acknowledged `Stored`), then
+    /// connect the recipient and drain them.
+    Offline(OfflineArgs),
     /// The plain TCP echo baseline alone (`relay --target echo`).
     EchoTcp(RelayArgs),
     /// The plain UDP echo baseline alone (`relay --target echo-udp`): one datagram per message.
@@ -46,6 +53,12 @@ enum Command {
         /// The report compared with it.
         b: PathBuf,
     },
+    /// Prints one table of several reports with the ratios CommuCat/NATS and CommuCat/echo.
+    Summary {
+        /// The reports (JSON written with --out).
+        #[arg(required = true)]
+        reports: Vec<PathBuf>,
+    },
 }
 
 #[derive(Debug, Args, serde::Serialize)]
@@ -59,6 +72,9 @@ struct ServerArgs {
     /// Its process id, for CPU time and memory.
     #[arg(long)]
     server_pid: Option<u32>,
+    /// Its REST API (`fanout` sets up its group there).
+    #[arg(long, requires = "server")]
+    server_api: Option<SocketAddr>,
     /// The `commucat` binary to start (default: beside this one).
     #[arg(long)]
     server_bin: Option<PathBuf>,
@@ -81,19 +97,57 @@ struct ServerArgs {
 
 #[derive(Debug, Args, serde::Serialize)]
 struct RelayArgs {
-    /// Targets, run one after the other in this order (ratios are against the first).
-    #[arg(long, value_delimiter = ',', default_value = "commucat")]
-    target: Vec<TargetKind>,
     /// Sender→recipient pairs.
     #[arg(long, default_value_t = 8)]
     pairs: usize,
+    #[command(flatten)]
+    #[serde(flatten)]
+    load: LoadArgs,
+}
+
+#[derive(Debug, Args, serde::Serialize)]
+struct FanoutArgs {
+    /// Recipients in the group (besides the sender).
+    #[arg(long, default_value_t = 16)]
+    group: usize,
+    #[command(flatten)]
+    #[serde(flatten)]
+    load: LoadArgs,
+}
+
+#[derive(Debug, Args, serde::Serialize)]
+struct OfflineArgs {
+    /// Targets, one after the other: commucat, and nats for NATS JetStream (file store).
+    #[arg(long, value_delimiter = ',', default_value = "commucat")]
+    target: Vec<TargetKind>,
+    /// Envelopes to store, then drain.
+    #[arg(long, default_value_t = 10_000)]
+    messages: usize,
+    /// Body size in bytes.
+    #[arg(long, default_value_t = 1024)]
+    size: usize,
+    /// Envelopes sent and not yet acknowledged, at most.
+    #[arg(long, default_value_t = 256)]
+    window: usize,
+    /// CommuCat handshake suite (see `relay --suite`).
+    #[arg(long, default_value = "xk-aes")]
+    suite: String,
+    #[command(flatten)]
+    server: ServerArgs,
+}
+
+#[derive(Debug, Args, serde::Serialize)]
+struct LoadArgs {
+    /// Targets, run one after the other in this order (ratios are against the first).
+    #[arg(long, value_delimiter = ',', default_value = "commucat")]
+    target: Vec<TargetKind>,
     /// Client threads.
     #[arg(long, default_value_t = 1)]
     threads: usize,
     /// Message body size in bytes.
     #[arg(long, default_value_t = 1024)]
     size: usize,
-    /// Open loop: messages per second over all pairs.
+    /// Open loop: messages sent per second (over all pairs; `fanout`: published).
     #[arg(long, conflicts_with_all = ["max", "half_max"])]
     rate: Option<f64>,
     /// Closed loop: as fast as the window allows, for every target.
@@ -172,12 +226,22 @@ fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Relay(args) => relay("relay", &args),
         Command::EchoTcp(mut args) => {
-            args.target = vec![TargetKind::Echo];
+            args.load.target = vec![TargetKind::Echo];
             relay("echo-tcp", &args)
         }
         Command::EchoUdp(mut args) => {
-            args.target = vec![TargetKind::EchoUdp];
+            args.load.target = vec![TargetKind::EchoUdp];
             relay("echo-udp", &args)
+        }
+        Command::Fanout(args) => fanout(&args),
+        Command::Offline(args) => offline(&args),
+        Command::Summary { reports } => {
+            let reports = reports
+                .iter()
+                .map(|path| Report::read(path))
+                .collect::<Result<Vec<_>>>()?;
+            print!("{}", report::summary(&reports));
+            Ok(())
         }
         Command::Handshake(args) => handshake(&args),
         Command::Idle(args) => idle(&args),
@@ -188,7 +252,7 @@ fn main() -> Result<()> {
     }
 }
 
-fn commucat_how(args: &ServerArgs) -> Result<CommuCat> {
+fn commucat_how(args: &ServerArgs, api: bool) -> Result<CommuCat> {
     if let Some(addr) = args.server {
         let hex_key = args
             .server_key
@@ -202,9 +266,10 @@ fn commucat_how(args: &ServerArgs) -> Result<CommuCat> {
             addr,
             key,
             pid: args.server_pid,
+            api: args.server_api,
         });
     }
-    if args.in_process {
+    if args.in_process && !api {
         return Ok(CommuCat::InProcess {
             shards: args.shards,
         });
@@ -215,14 +280,32 @@ fn commucat_how(args: &ServerArgs) -> Result<CommuCat> {
             .clone()
             .unwrap_or_else(servers::default_commucat_binary),
         shards: args.shards,
+        api,
     })
 }
 
-fn start(kind: TargetKind, args: &ServerArgs) -> Result<Target> {
+/// Which server a scenario needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Scenario {
+    /// Pairs (`relay`, `handshake`, `idle`).
+    Pairs,
+    /// `fanout`: CommuCat with its REST API, the fan-out echo.
+    Fanout,
+    /// `offline`: CommuCat with its durable store (never in-process).
+    Offline,
+}
+
+fn start(kind: TargetKind, args: &ServerArgs, scenario: Scenario) -> Result<Target> {
     let target = match kind {
-        TargetKind::Commucat => servers::start_commucat(&commucat_how(args)?)?,
+        TargetKind::Commucat => {
+            if args.in_process && scenario != Scenario::Pairs {
+                bail!("--in-process has no REST API or durable store: leave it out here");
+            }
+            servers::start_commucat(&commucat_how(args, scenario == Scenario::Fanout)?)?
+        }
+        TargetKind::Echo if scenario == Scenario::Fanout => fanout::start_echo()?,
         TargetKind::Echo => servers::start_echo()?,
-        TargetKind::Nats => servers::start_nats()?,
+        TargetKind::Nats => servers::start_nats(scenario == Scenario::Offline)?,
         TargetKind::EchoUdp => servers::start_echo_udp()?,
     };
     if let Some(cpu) = args.pin_server {
@@ -255,35 +338,74 @@ fn finish(report: &Report, out: Option<&PathBuf>) -> Result<()> {
 }
 
 fn relay(scenario: &str, args: &RelayArgs) -> Result<()> {
+    if args.pairs == 0 {
+        bail!("give at least one pair");
+    }
+    let settings = load_settings(&args.load, args.pairs, None)?;
+    run_targets(scenario, &args.load, &settings, serde_json::to_value(args)?)
+}
+
+fn fanout(args: &FanoutArgs) -> Result<()> {
+    fanout::check_group(args.group)?;
+    if args.load.target.contains(&TargetKind::EchoUdp) {
+        bail!("fanout has no echo-udp target: use commucat, echo or nats");
+    }
+    let settings = load_settings(&args.load, 1, Some(args.group))?;
+    run_targets("fanout", &args.load, &settings, serde_json::to_value(args)?)
+}
+
+fn load_settings(args: &LoadArgs, pairs: usize, group: Option<usize>) -> Result<LoadSettings> {
     if args.duration > DURATION_MAX_S {
         bail!("--duration is at most {DURATION_MAX_S} s");
     }
-    if args.target.is_empty() || args.pairs == 0 {
-        bail!("give at least one target and one pair");
+    if args.target.is_empty() {
+        bail!("give at least one target");
+    }
+    if args
+        .rate
+        .is_some_and(|rate| !(rate > 0.0 && rate.is_finite()))
+    {
+        bail!("--rate must be a positive number of messages per second");
     }
     let suite = parse_suite(&args.suite)?;
-    let settings = LoadSettings {
-        pairs: args.pairs,
+    Ok(LoadSettings {
+        pairs,
         threads: args.threads,
         size: args.size,
         duration: Duration::from_secs(args.duration),
         warmup: Duration::from_secs(args.warmup),
         pin_load: args.server.pin_load,
         suite: suite.to_byte(),
+        group,
+    })
+}
+
+/// Runs every target of `args` in turn and writes the report.
+fn run_targets(
+    scenario: &str,
+    args: &LoadArgs,
+    settings: &LoadSettings,
+    recorded: serde_json::Value,
+) -> Result<()> {
+    let kind_of = if settings.group.is_some() {
+        Scenario::Fanout
+    } else {
+        Scenario::Pairs
     };
-    let mut report = new_report(scenario, serde_json::to_value(args)?);
+    let mut report = new_report(scenario, recorded);
     let mut rate = args.rate;
     if args.half_max {
         let first = args.target[0];
+        let window = args.window;
         let max = run_one(
             first,
             &args.server,
-            &settings,
-            Pace::Closed {
-                window: args.window,
-            },
+            settings,
+            Pace::Closed { window },
+            kind_of,
         )?;
-        rate = Some((max.received_per_s / 2.0).max(1.0));
+        // Fan-out: half of the peak of published messages.
+        rate = Some((max.sent_per_s / 2.0).max(1.0));
         report.results.push(max);
     }
     // A target that fails (for example a server that cuts a receiver off) does not stop the
@@ -297,7 +419,7 @@ fn relay(scenario: &str, args: &RelayArgs) -> Result<()> {
             (false, Some(rate)) => Pace::Open { rate },
             (false, None) => Pace::Open { rate: 10_000.0 },
         };
-        match run_one(kind, &args.server, &settings, pace) {
+        match run_one(kind, &args.server, settings, pace, kind_of) {
             Ok(result) => report.results.push(result),
             Err(error) => {
                 eprintln!("{}: {error:#}", kind.name());
@@ -321,11 +443,76 @@ fn run_one(
     server: &ServerArgs,
     settings: &LoadSettings,
     pace: Pace,
+    scenario: Scenario,
 ) -> Result<RunResult> {
-    let target = start(kind, server)?;
+    let target = start(kind, server, scenario)?;
     let result = load::run_load(kind, &target, settings, pace);
     target.stop();
     result
+}
+
+fn offline(args: &OfflineArgs) -> Result<()> {
+    offline::check_messages(args.messages)?;
+    if args.window == 0 {
+        bail!("--window must be at least 1");
+    }
+    let settings = offline::OfflineSettings {
+        messages: args.messages,
+        size: args.size,
+        window: args.window,
+        suite: parse_suite(&args.suite)?,
+    };
+    if args.target.is_empty() {
+        bail!("give at least one target");
+    }
+    let mut report = new_report("offline", serde_json::to_value(args)?);
+    report.settings["baseline"] = serde_json::json!(offline::NATS_NOTE);
+    let mut failed = Vec::new();
+    for &kind in &args.target {
+        let result = match kind {
+            TargetKind::Commucat | TargetKind::Nats => start(kind, &args.server, Scenario::Offline)
+                .and_then(|target| {
+                    // On its own thread, so that `--pin-load` pins the client side only
+                    // (a server started later must not inherit the pinning).
+                    let result = std::thread::scope(|scope| {
+                        scope
+                            .spawn(|| {
+                                if let Some(cpu) = args.server.pin_load {
+                                    let _ = sys::pin_current_thread(cpu);
+                                }
+                                if kind == TargetKind::Nats {
+                                    jetstream::run(&target, &settings)
+                                } else {
+                                    offline::run(&target, &settings)
+                                }
+                            })
+                            .join()
+                            .unwrap_or_else(|_| Err(anyhow::anyhow!("the offline client panicked")))
+                    });
+                    target.stop();
+                    result
+                }),
+            TargetKind::Echo | TargetKind::EchoUdp => Err(anyhow::anyhow!(
+                "an echo stores nothing, so it is no baseline for offline delivery"
+            )),
+        };
+        match result {
+            Ok(rows) => report.results.extend(rows),
+            Err(error) => {
+                eprintln!("{}: {error:#}", kind.name());
+                failed.push(format!("{}: {error:#}", kind.name()));
+            }
+        }
+    }
+    if !failed.is_empty() {
+        report.settings["failed"] = serde_json::json!(failed);
+    }
+    finish(&report, args.server.out.as_ref())?;
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        bail!("{} target(s) failed: {}", failed.len(), failed.join("; "))
+    }
 }
 
 fn handshake(args: &HandshakeArgs) -> Result<()> {
@@ -335,7 +522,7 @@ fn handshake(args: &HandshakeArgs) -> Result<()> {
     let mut report = new_report("handshake", serde_json::to_value(args)?);
     for name in &args.suites {
         let suite = parse_suite(name)?;
-        let target = start(TargetKind::Commucat, &args.server)?;
+        let target = start(TargetKind::Commucat, &args.server, Scenario::Pairs)?;
         let result = load::run_handshakes(
             &target,
             suite,
@@ -360,7 +547,7 @@ fn idle(args: &IdleArgs) -> Result<()> {
     }
     let suite = parse_suite(&args.suite)?;
     let mut report = new_report("idle", serde_json::to_value(args)?);
-    let target = start(TargetKind::Commucat, &args.server)?;
+    let target = start(TargetKind::Commucat, &args.server, Scenario::Pairs)?;
     // Let the server settle before the first memory reading.
     std::thread::sleep(Duration::from_millis(500));
     let result = load::run_idle(&target, args.sessions, suite);

@@ -8,7 +8,7 @@
 //! silently slowing the load (no coordinated omission). Every message carries its stamp (the
 //! intended time, ns since the run's clock epoch) in its first 8 bytes.
 
-use super::lanes::Lane;
+use super::lanes::{Lane, SOCKETS_PER_LANE_MAX};
 use super::sys;
 use commucat_client::Clock;
 use hdrhistogram::Histogram;
@@ -135,7 +135,7 @@ fn drive(
 ) -> std::io::Result<()> {
     let mut poll = Poll::new()?;
     for (i, lane) in lanes.iter_mut().enumerate() {
-        lane.register(poll.registry(), i * 2)?;
+        lane.register(poll.registry(), i * SOCKETS_PER_LANE_MAX)?;
     }
     let interval = interval_ns(&plan);
     let mut states: Vec<LaneState> = (0..lanes.len())
@@ -187,7 +187,7 @@ fn drive(
         poll.poll(&mut events, Some(timeout))?;
         for event in &events {
             let Token(token) = event.token();
-            let (index, which) = (token / 2, token % 2);
+            let (index, which) = (token / SOCKETS_PER_LANE_MAX, token % SOCKETS_PER_LANE_MAX);
             let Some(lane) = lanes.get_mut(index) else {
                 continue;
             };
@@ -198,6 +198,7 @@ fn drive(
             lane.on_readable(plan.clock, which, &mut arrived)
                 .map_err(|e| {
                     let side = if which == 0 { "sender" } else { "receiver" };
+                    let side = format!("{side} {which}");
                     std::io::Error::other(format!(
                         "lane {} {side}: {e} (a server that closes a receiver is usually \
                          cutting off a slow consumer: the load is past what it can take)",
@@ -242,6 +243,8 @@ fn schedule(
     result: &mut ThreadResult,
 ) -> u64 {
     let mut sent = 0;
+    // A fan-out message is in flight until every copy has arrived.
+    let copies = lane.copies().max(1);
     match plan.pace {
         Pace::Open { .. } => {
             // Everything due is sent, late or not; a full buffer leaves it due, so its
@@ -254,19 +257,19 @@ fn schedule(
                     result.sent += 1;
                 }
                 state.next_due = stamp + interval;
-                state.in_flight += 1;
+                state.in_flight += copies;
                 sent += 1;
             }
         }
         Pace::Closed { window } => {
-            while state.in_flight < u64::from(window) {
+            while state.in_flight < u64::from(window) * copies {
                 if !lane.queue(plan.clock, now) {
                     break;
                 }
                 if now >= plan.measure_from {
                     result.sent += 1;
                 }
-                state.in_flight += 1;
+                state.in_flight += copies;
                 sent += 1;
             }
         }

@@ -2,6 +2,7 @@
 //! CommuCat (two devices of the client library, relayed by the server) and NATS (a publisher
 //! and a subscriber on one subject).
 
+use super::fanout::FanoutLane;
 use commucat_client::{Client, Clock, Connection, ConnectionConfig, DeviceId, Event, Suite};
 use dp_core::{MessageId, SeededRng};
 use dp_noise::StaticKeypair;
@@ -13,23 +14,27 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 /// The most bytes a lane queues for one socket; past it the lane reports backpressure.
-const OUT_BYTES_MAX: usize = 4 << 20;
+pub(super) const OUT_BYTES_MAX: usize = 4 << 20;
+/// Tokens reserved per lane on a load thread's poll: lane `i`'s socket `k` (0 the sender)
+/// has token `i * SOCKETS_PER_LANE_MAX + k`.
+pub const SOCKETS_PER_LANE_MAX: usize = 1024;
+const _: () = assert!(super::fanout::GROUP_MAX < SOCKETS_PER_LANE_MAX);
 /// Bytes read per call.
-const READ_CHUNK: usize = 64 * 1024;
+pub(super) const READ_CHUNK: usize = 64 * 1024;
 /// Set-up (connect, handshake, subscribe) must finish within this.
-const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
+pub(super) const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A non-blocking socket with its unsent bytes and unparsed input.
 #[derive(Debug)]
-struct Pipe {
-    stream: TcpStream,
-    out: Vec<u8>,
+pub(super) struct Pipe {
+    pub(super) stream: TcpStream,
+    pub(super) out: Vec<u8>,
     out_at: usize,
-    input: Vec<u8>,
+    pub(super) input: Vec<u8>,
 }
 
 impl Pipe {
-    fn new(stream: std::net::TcpStream) -> io::Result<Self> {
+    pub(super) fn new(stream: std::net::TcpStream) -> io::Result<Self> {
         stream.set_nodelay(true)?;
         stream.set_nonblocking(true)?;
         Ok(Self {
@@ -40,11 +45,11 @@ impl Pipe {
         })
     }
 
-    fn pending(&self) -> usize {
+    pub(super) fn pending(&self) -> usize {
         self.out.len() - self.out_at
     }
 
-    fn write_out(&mut self) -> io::Result<()> {
+    pub(super) fn write_out(&mut self) -> io::Result<()> {
         while self.out_at < self.out.len() {
             match self.stream.write(&self.out[self.out_at..]) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
@@ -66,7 +71,7 @@ impl Pipe {
     }
 
     /// Reads everything available into `input`.
-    fn read_in(&mut self, scratch: &mut [u8]) -> io::Result<()> {
+    pub(super) fn read_in(&mut self, scratch: &mut [u8]) -> io::Result<()> {
         loop {
             match self.stream.read(scratch) {
                 Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
@@ -80,7 +85,7 @@ impl Pipe {
 }
 
 /// Writes what `conn` has queued to `stream` without blocking.
-fn write_conn(
+pub(super) fn write_conn(
     conn: &mut Connection<SeededRng>,
     stream: &mut TcpStream,
     clock: Clock,
@@ -103,7 +108,7 @@ fn write_conn(
 }
 
 /// Reads what is available on `stream` into `conn`; calls `f` for each event.
-fn read_conn(
+pub(super) fn read_conn(
     conn: &mut Connection<SeededRng>,
     stream: &mut TcpStream,
     clock: Clock,
@@ -127,7 +132,7 @@ fn read_conn(
     }
 }
 
-fn stamp_of(bytes: &[u8]) -> Option<u64> {
+pub(super) fn stamp_of(bytes: &[u8]) -> Option<u64> {
     Some(u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?))
 }
 
@@ -142,6 +147,8 @@ pub enum Lane {
     Nats(NatsLane),
     /// A UDP echo: one datagram per message, the same socket sends and receives.
     EchoUdp(EchoUdpLane),
+    /// One sender and a group of recipients (the `fanout` scenario).
+    Fanout(Box<FanoutLane>),
 }
 
 /// See [`Lane::EchoUdp`].
@@ -271,10 +278,20 @@ impl Lane {
         }))
     }
 
-    /// Registers the lane's sockets under tokens `base` (sender) and `base + 1` (receiver).
+    /// Copies that arrive per message sent: 1, or the group's size for a fan-out lane.
+    pub fn copies(&self) -> u64 {
+        match self {
+            Self::Fanout(l) => l.copies(),
+            _ => 1,
+        }
+    }
+
+    /// Registers the lane's sockets under tokens `base` (sender) and `base + 1` (receiver;
+    /// a fan-out lane's recipient `i` under `base + 1 + i`).
     pub fn register(&mut self, registry: &Registry, base: usize) -> io::Result<()> {
         let interest = Interest::READABLE | Interest::WRITABLE;
         match self {
+            Self::Fanout(l) => l.register(registry, base),
             Self::Echo(l) => registry.register(&mut l.pipe.stream, Token(base), interest),
             Self::Relay(l) => {
                 registry.register(&mut l.sender_stream, Token(base), interest)?;
@@ -290,8 +307,12 @@ impl Lane {
 
     /// Queues one message stamped `stamp`; false when the lane's output is full (try later).
     pub fn queue(&mut self, clock: Clock, stamp: u64) -> bool {
+        if let Self::Fanout(l) = self {
+            return l.queue(clock, stamp);
+        }
         let stamp = stamp.to_le_bytes();
         match self {
+            Self::Fanout(_) => false,
             Self::Echo(l) => {
                 if l.pipe.pending() > OUT_BYTES_MAX {
                     return false;
@@ -338,6 +359,7 @@ impl Lane {
     /// Writes what is queued, without blocking.
     pub fn flush(&mut self, clock: Clock) -> io::Result<()> {
         match self {
+            Self::Fanout(l) => l.flush(clock),
             Self::Echo(l) => l.pipe.write_out(),
             Self::Relay(l) => {
                 write_conn(&mut l.sender, &mut l.sender_stream, clock)?;
@@ -378,6 +400,7 @@ impl Lane {
         arrived: &mut Vec<u64>,
     ) -> io::Result<()> {
         match self {
+            Self::Fanout(l) => l.on_readable(clock, which, arrived),
             Self::Echo(l) => {
                 l.pipe.read_in(&mut l.scratch)?;
                 let whole = l.pipe.input.len() / l.size * l.size;
@@ -427,7 +450,10 @@ impl Lane {
 
 /// Connects to NATS, says CONNECT (not verbose), optionally subscribes, and waits for the PONG
 /// that confirms the server has processed it all.
-fn nats_connect(addr: SocketAddr, subscribe: Option<&str>) -> io::Result<std::net::TcpStream> {
+pub(super) fn nats_connect(
+    addr: SocketAddr,
+    subscribe: Option<&str>,
+) -> io::Result<std::net::TcpStream> {
     let mut stream = std::net::TcpStream::connect_timeout(&addr, SETUP_TIMEOUT)?;
     stream.set_read_timeout(Some(SETUP_TIMEOUT))?;
     let mut hello = String::from(
@@ -455,7 +481,7 @@ fn nats_connect(addr: SocketAddr, subscribe: Option<&str>) -> io::Result<std::ne
 }
 
 /// Parses NATS server output: MSG payloads (their stamps), PING (answered), the rest skipped.
-fn nats_parse(pipe: &mut Pipe, arrived: &mut Vec<u64>) -> io::Result<()> {
+pub(super) fn nats_parse(pipe: &mut Pipe, arrived: &mut Vec<u64>) -> io::Result<()> {
     let mut at = 0;
     loop {
         let rest = &pipe.input[at..];

@@ -7,8 +7,12 @@
 #![allow(clippy::disallowed_methods)]
 
 pub mod engine;
+pub mod fanout;
+pub mod jetstream;
 pub mod lanes;
+pub mod offline;
 pub mod report;
+pub mod rest;
 pub mod servers;
 pub mod sys;
 
@@ -17,6 +21,7 @@ use commucat_client::{Client, Clock, ConnectionConfig, Suite};
 use dp_core::SeededRng;
 use dp_noise::StaticKeypair;
 use engine::{Pace, Plan, Progress, ThreadResult};
+use fanout::FanoutLane;
 use hdrhistogram::Histogram;
 use lanes::Lane;
 use report::{Percentiles, RunResult};
@@ -68,6 +73,8 @@ pub struct LoadSettings {
     pub pin_load: Option<usize>,
     /// The CommuCat handshake suite byte.
     pub suite: u8,
+    /// `fanout`: one lane, a sender and this many recipients; `None`: `pairs` pairs.
+    pub group: Option<usize>,
 }
 
 fn make_lane(
@@ -78,6 +85,24 @@ fn make_lane(
     clock: Clock,
 ) -> Result<Lane> {
     let suite = Suite::from_byte(settings.suite).map_err(|e| anyhow::anyhow!("suite: {e}"))?;
+    if let Some(group) = settings.group {
+        let size = settings.size;
+        let lane = match kind {
+            TargetKind::Echo => FanoutLane::echo(target.addr, group, size)?,
+            TargetKind::Nats => FanoutLane::nats(target.addr, group, size)?,
+            TargetKind::Commucat => {
+                let Some(api) = target.api else {
+                    bail!(
+                        "fanout sets up its CommuCat group over the REST API: start the \
+                         server with bench (not --in-process), or give --server-api"
+                    );
+                };
+                FanoutLane::commucat(target, api, suite, group, size, clock)?
+            }
+            TargetKind::EchoUdp => bail!("fanout has no UDP echo target"),
+        };
+        return Ok(Lane::Fanout(Box::new(lane)));
+    }
     Ok(match kind {
         TargetKind::Echo => Lane::echo(target.addr, settings.size)?,
         TargetKind::Commucat => Lane::relay(
@@ -102,15 +127,12 @@ pub fn run_load(
 ) -> Result<RunResult> {
     let clock = Clock::new();
     let threads = settings.threads.clamp(1, settings.pairs.max(1));
+    let mut copies = 1;
     let mut per_thread: Vec<Vec<Lane>> = (0..threads).map(|_| Vec::new()).collect();
-    for lane in 0..settings.pairs {
-        per_thread[lane * threads / settings.pairs.max(1)].push(make_lane(
-            kind,
-            target,
-            settings,
-            lane as u64,
-            clock,
-        )?);
+    for index in 0..settings.pairs {
+        let lane = make_lane(kind, target, settings, index as u64, clock)?;
+        copies = lane.copies();
+        per_thread[index * threads / settings.pairs.max(1)].push(lane);
     }
     let start = clock.now().0 + 200_000_000;
     let measure_from = start + nanos(settings.warmup);
@@ -165,7 +187,7 @@ pub fn run_load(
         sent_per_s: sent as f64 / seconds,
         received_per_s: received as f64 / seconds,
         messages: received,
-        lost: sent.saturating_sub(received),
+        lost: (sent * copies).saturating_sub(received),
         latency_us: Percentiles::of(&histogram),
         latency_curve_us: report::latency_curve(&histogram),
         server_cpu_us_per_msg: cpu_ns.map(|ns| ns as f64 / 1000.0 / received.max(1) as f64),
@@ -174,6 +196,8 @@ pub fn run_load(
             "pace": pace_json(pace),
             "load_cpu_us_per_msg": load_ns as f64 / 1000.0 / received.max(1) as f64,
             "load_cpu_percent": 100.0 * load_ns as f64 / wall_ns.max(1) as f64,
+            "copies_per_message": copies,
+            "server_cpu_us_per_sent": cpu_ns.map(|ns| ns as f64 / 1000.0 / sent.max(1) as f64),
         }),
     })
 }

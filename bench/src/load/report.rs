@@ -133,11 +133,11 @@ impl Report {
         );
         let _ = writeln!(
             out,
-            "| target | mode | rate asked | received msg/s | p50 µs | p90 µs | p99 µs | p99.9 µs | max µs | server CPU µs/msg | lost | msg/s ÷ first | p99 ÷ first | CPU/msg ÷ first |"
+            "| target | mode | rate asked | sent msg/s | received msg/s | p50 µs | p90 µs | p99 µs | p99.9 µs | max µs | server CPU µs/msg | lost | msg/s ÷ first | p99 ÷ first | CPU/msg ÷ first |"
         );
         let _ = writeln!(
             out,
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
         );
         let ratio = |x: f64, y: f64| {
             if y > 0.0 {
@@ -156,11 +156,12 @@ impl Report {
             let l = r.latency_us;
             let _ = writeln!(
                 out,
-                "| {} | {} | {} | {:.0} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {:.0} | {:.0} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {} | {} | {} | {} | {} |",
                 r.target,
                 r.mode,
                 r.rate_target
                     .map_or_else(|| "max".into(), |x| format!("{x:.0}")),
+                r.sent_per_s,
                 r.received_per_s,
                 l.p50,
                 l.p90,
@@ -177,6 +178,144 @@ impl Report {
         }
         out
     }
+}
+
+/// CommuCat against one baseline of the same report and mode: each figure is CommuCat's ÷
+/// the baseline's.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Ratio {
+    /// The scenario.
+    pub scenario: String,
+    /// The mode (`open-loop`, `closed-loop`, ...).
+    pub mode: String,
+    /// The baseline's target name (`nats`, `echo-tcp`, ...).
+    pub baseline: String,
+    /// Received messages (copies) per second.
+    pub throughput: f64,
+    /// Median latency.
+    pub p50: f64,
+    /// 99th percentile latency.
+    pub p99: f64,
+    /// 99.9th percentile latency.
+    pub p999: f64,
+    /// Server CPU per received message, where both were measured.
+    pub cpu_per_msg: Option<f64>,
+}
+
+/// The ratios CommuCat ÷ each other target of the same mode in `report` (CommuCat/NATS,
+/// CommuCat/echo), in result order.
+pub fn ratios(report: &Report) -> Vec<Ratio> {
+    let div = |x: f64, y: f64| if y > 0.0 { x / y } else { f64::NAN };
+    let mut out = Vec::new();
+    for base in report.results.iter().filter(|r| r.target != "commucat") {
+        let Some(ours) = report
+            .results
+            .iter()
+            .find(|r| r.target == "commucat" && r.mode == base.mode)
+        else {
+            continue;
+        };
+        let (a, b) = (ours.latency_us, base.latency_us);
+        out.push(Ratio {
+            scenario: report.scenario.clone(),
+            mode: base.mode.clone(),
+            baseline: base.target.clone(),
+            throughput: div(ours.received_per_s, base.received_per_s),
+            p50: div(a.p50, b.p50),
+            p99: div(a.p99, b.p99),
+            p999: div(a.p999, b.p999),
+            cpu_per_msg: match (ours.server_cpu_us_per_msg, base.server_cpu_us_per_msg) {
+                (Some(x), Some(y)) => Some(div(x, y)),
+                _ => None,
+            },
+        });
+    }
+    out
+}
+
+/// One Markdown table of every result of `reports`, then the table of ratios CommuCat ÷ each
+/// baseline (NATS, the echo) per scenario and mode.
+pub fn summary(reports: &[Report]) -> String {
+    let mut out = String::new();
+    if let Some(first) = reports.first() {
+        let _ = writeln!(
+            out,
+            "{} ({} CPUs), kernel {}, commit `{}`\n",
+            first.machine.cpu, first.machine.nproc, first.machine.kernel, first.commit
+        );
+    }
+    let _ = writeln!(
+        out,
+        "| scenario | target | mode | rate asked | sent msg/s | received msg/s | p50 µs | p99 µs | p99.9 µs | server CPU µs/msg | lost |"
+    );
+    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|---|");
+    for report in reports {
+        for r in &report.results {
+            let l = r.latency_us;
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} | {:.0} | {:.0} | {:.1} | {:.1} | {:.1} | {} | {} |",
+                report.scenario,
+                r.target,
+                r.mode,
+                r.rate_target
+                    .map_or_else(|| "max".into(), |x| format!("{x:.0}")),
+                r.sent_per_s,
+                r.received_per_s,
+                l.p50,
+                l.p99,
+                l.p999,
+                r.server_cpu_us_per_msg
+                    .map_or_else(|| "–".into(), |c| format!("{c:.2}")),
+                r.lost
+            );
+        }
+        let failed = report.settings.get("failed").and_then(|f| f.as_array());
+        for failure in failed.into_iter().flatten().filter_map(|f| f.as_str()) {
+            let (target, why) = failure.split_once(": ").unwrap_or(("?", failure));
+            let why = why.replace('|', "/");
+            let _ = writeln!(
+                out,
+                "| {} | {target} | failed: {why} | | | | | | | | |",
+                report.scenario
+            );
+        }
+    }
+    let all: Vec<Ratio> = reports.iter().flat_map(ratios).collect();
+    if all.is_empty() {
+        return out;
+    }
+    let _ = writeln!(
+        out,
+        "\nRatios CommuCat ÷ baseline (throughput above 1 and latency or CPU below 1 favour CommuCat):\n"
+    );
+    let _ = writeln!(
+        out,
+        "| scenario | mode | CommuCat ÷ | received msg/s | p50 | p99 | p99.9 | server CPU/msg |"
+    );
+    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|");
+    let f = |x: f64| {
+        if x.is_finite() {
+            format!("{x:.2}")
+        } else {
+            "–".into()
+        }
+    };
+    for r in &all {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {} | {} | {} |",
+            r.scenario,
+            r.mode,
+            r.baseline,
+            f(r.throughput),
+            f(r.p50),
+            f(r.p99),
+            f(r.p999),
+            r.cpu_per_msg.map_or_else(|| "–".into(), f)
+        );
+    }
+    out
 }
 
 /// An SVG plot of every result's latency distribution: latency (log scale) against the
@@ -334,3 +473,6 @@ pub fn compare(a: &Report, b: &Report) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests;

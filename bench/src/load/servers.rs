@@ -27,6 +27,8 @@ pub struct Target {
     pub addr: SocketAddr,
     /// CommuCat's public key (zero for the others).
     pub server_key: [u8; 32],
+    /// CommuCat's REST API, where it is served (the `fanout` scenario sets up its group there).
+    pub api: Option<SocketAddr>,
     /// The process whose CPU time and memory are the server's, and the task-name prefix
     /// within it (`None`: all its tasks).
     pub pid: Option<u32>,
@@ -46,6 +48,26 @@ enum Kind {
 }
 
 impl Target {
+    /// A server running on a thread of this process whose name starts with `prefix`.
+    pub(super) fn in_thread(
+        addr: SocketAddr,
+        prefix: &'static str,
+        stop: Arc<AtomicBool>,
+        thread: JoinHandle<()>,
+    ) -> Self {
+        Self {
+            addr,
+            server_key: [0; 32],
+            api: None,
+            pid: Some(std::process::id()),
+            prefix: Some(prefix),
+            kind: Kind::Echo {
+                stop,
+                thread: Some(thread),
+            },
+        }
+    }
+
     /// CPU time used so far by the server, in ns.
     pub fn cpu_ns(&self) -> Option<u64> {
         self.pid.map(|pid| sys::cpu_ns(pid, self.prefix))
@@ -124,6 +146,7 @@ pub fn start_echo() -> Result<Target> {
     Ok(Target {
         addr,
         server_key: [0; 32],
+        api: None,
         pid: Some(std::process::id()),
         prefix: Some(ECHO_THREAD),
         kind: Kind::Echo {
@@ -229,6 +252,7 @@ pub fn start_echo_udp() -> Result<Target> {
     Ok(Target {
         addr,
         server_key: [0; 32],
+        api: None,
         pid: Some(std::process::id()),
         prefix: Some(ECHO_UDP_THREAD),
         kind: Kind::Echo {
@@ -269,6 +293,8 @@ pub enum CommuCat {
         binary: PathBuf,
         /// Shards.
         shards: u16,
+        /// Serve the REST API too (on a free loopback port).
+        api: bool,
     },
     /// An already running server; `pid` for its CPU time and memory, if known.
     External {
@@ -278,6 +304,8 @@ pub enum CommuCat {
         key: [u8; 32],
         /// Its process id.
         pid: Option<u32>,
+        /// Its REST API, if the scenario needs it.
+        api: Option<SocketAddr>,
     },
     /// dp-io's `Server` inside this process (for tests).
     InProcess {
@@ -299,10 +327,20 @@ pub fn default_commucat_binary() -> PathBuf {
 /// bound per connection of 64 MiB (NATS's default).
 pub fn start_commucat(how: &CommuCat) -> Result<Target> {
     match how {
-        CommuCat::Spawn { binary, shards } => spawn_commucat(binary, *shards),
-        CommuCat::External { addr, key, pid } => Ok(Target {
+        CommuCat::Spawn {
+            binary,
+            shards,
+            api,
+        } => spawn_commucat(binary, *shards, *api),
+        CommuCat::External {
+            addr,
+            key,
+            pid,
+            api,
+        } => Ok(Target {
             addr: *addr,
             server_key: *key,
+            api: *api,
             pid: *pid,
             prefix: None,
             kind: Kind::External,
@@ -320,6 +358,7 @@ pub fn start_commucat(how: &CommuCat) -> Result<Target> {
             Ok(Target {
                 addr: server.local_addr(),
                 server_key: *key.public(),
+                api: None,
                 pid: Some(std::process::id()),
                 prefix: Some("commucat-"),
                 kind: Kind::InProcess(Some(server)),
@@ -328,7 +367,7 @@ pub fn start_commucat(how: &CommuCat) -> Result<Target> {
     }
 }
 
-fn spawn_commucat(binary: &Path, shards: u16) -> Result<Target> {
+fn spawn_commucat(binary: &Path, shards: u16, with_api: bool) -> Result<Target> {
     if !binary.exists() {
         bail!(
             "{} not found: build it with `cargo build --release -p commucat`, or pass \
@@ -348,15 +387,20 @@ fn spawn_commucat(binary: &Path, shards: u16) -> Result<Target> {
         "idle_timeout_secs = 3600\nconns_per_source_max = 1000000\ndrain_deadline_secs = 2\n\
          outbound_bytes_max = 67108864\ninflight_max = 65536\n",
     )?;
+    let api_args: &[&str] = if with_api {
+        &["--api-listen", "127.0.0.1:0"]
+    } else {
+        &["--no-api"]
+    };
     let mut child = Command::new(binary)
         .args([
             "serve",
-            "--no-api",
             "--listen",
             "127.0.0.1:0",
             "--shards",
             &shards.to_string(),
         ])
+        .args(api_args)
         .arg("--data-dir")
         .arg(dir.join("data"))
         .arg("--config")
@@ -367,14 +411,17 @@ fn spawn_commucat(binary: &Path, shards: u16) -> Result<Target> {
         .with_context(|| format!("cannot start {}", binary.display()))?;
     let stdout = child.stdout.take().context("server stdout")?;
     let mut lines = BufReader::new(stdout).lines();
-    let (mut addr, mut key) = (None, None);
-    while addr.is_none() || key.is_none() {
+    let (mut addr, mut key, mut api) = (None, None, None);
+    while addr.is_none() || key.is_none() || (with_api && api.is_none()) {
         let Some(line) = lines.next().transpose()? else {
             let _ = child.kill();
             bail!("commucat serve exited before it was ready");
         };
         if let Some(rest) = line.strip_prefix("CommuCat listening on ") {
             addr = rest.split_whitespace().next().and_then(|a| a.parse().ok());
+        }
+        if let Some(rest) = line.strip_prefix("REST API at http://") {
+            api = rest.split('/').next().and_then(|a| a.parse().ok());
         }
         if let Some(hex_key) = line.strip_prefix("server public key (give it to clients): ") {
             key = hex::decode(hex_key.trim())
@@ -390,17 +437,29 @@ fn spawn_commucat(binary: &Path, shards: u16) -> Result<Target> {
     Ok(Target {
         addr,
         server_key: key,
+        api,
         pid: Some(child.id()),
         prefix: None,
         kind: Kind::Child(child, Some(dir)),
     })
 }
 
-/// Starts `nats-server` on a free loopback port (installs nothing: say how if it is missing).
-pub fn start_nats() -> Result<Target> {
+/// Starts `nats-server` on a free loopback port (installs nothing: say how if it is missing);
+/// with `jetstream`, JetStream on a file store in a private temporary directory.
+pub fn start_nats(jetstream: bool) -> Result<Target> {
     let port = sys::free_port()?;
-    let child = Command::new("nats-server")
-        .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+    let mut command = Command::new("nats-server");
+    command.args(["-a", "127.0.0.1", "-p", &port.to_string()]);
+    let dir = if jetstream {
+        let dir = std::env::temp_dir().join(format!("commucat-bench-js-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        command.arg("-js").arg("-sd").arg(&dir);
+        Some(dir)
+    } else {
+        None
+    };
+    let child = command
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -414,9 +473,10 @@ pub fn start_nats() -> Result<Target> {
             return Ok(Target {
                 addr,
                 server_key: [0; 32],
+                api: None,
                 pid: Some(child.id()),
                 prefix: None,
-                kind: Kind::Child(child, None),
+                kind: Kind::Child(child, dir),
             });
         }
         std::thread::sleep(Duration::from_millis(50));
