@@ -10,6 +10,8 @@
 //! - [`Client`]: a blocking driver over `std::net::TcpStream` for simple programs and tests.
 //!   Programs with many connections drive [`Connection`] on their own event loop
 //!   ([`Client::into_parts`] hands one over after the handshake).
+//! - [`QuicClient`]: the same over QUIC (`dp-quic`, one stream per connection), a blocking
+//!   driver over a `std::net::UdpSocket`, with the methods of [`Client`].
 //! - [`keyfile`]: the device's private key in a local file with mode 0600.
 //!
 //! Driving rule (str0m's): after any `handle_*` call or command, write out
@@ -25,6 +27,7 @@ pub mod blocking;
 mod connection;
 mod dedup;
 pub mod keyfile;
+pub mod quic;
 
 pub use blocking::{Client, Clock, Error, OsRng};
 pub use connection::{
@@ -36,3 +39,4 @@ pub use dedup::Dedup;
 pub use dp_core::{ConversationId, DeviceId, MessageId};
 pub use dp_noise::{Cipher, Pattern, StaticKeypair, Suite};
 pub use dp_proto::{ErrorCode, Recipient, SendStatus};
+pub use quic::QuicClient;

@@ -16,6 +16,11 @@
 //! without credit keeps them in order in a local backlog), woken at most once per flush.
 //! Connections move between shards with their socket (`HandOff`).
 //!
+//! QUIC ([`ServerConfig::quic_listen`], epoll backend only for now): each shard also owns an
+//! `SO_REUSEPORT` UDP socket and a `dp_quic::QuicServer`; a QUIC stream is bridged to a shard
+//! connection like a TCP socket, and a session homed elsewhere moves while its QUIC
+//! connection stays and its stream bytes are relayed over the links (design note 0008).
+//!
 //! [`Server::start`] runs an in-memory control thread (stored envelopes in memory; for tests
 //! and benchmarks). `commucat serve` uses [`Server::start_with_control`] and serves the
 //! [`ControlPort`] with the durable control side (`control-delivery`).
@@ -31,6 +36,7 @@ mod control;
 mod link;
 mod metrics;
 mod port;
+mod quic;
 mod shard;
 mod uring;
 
@@ -52,6 +58,10 @@ use std::thread::JoinHandle;
 pub struct ServerConfig {
     /// Where to listen (port 0 picks a free port).
     pub listen: SocketAddr,
+    /// Where to serve the QUIC carrier (UDP; port 0 picks a free port), if anywhere. Only the
+    /// epoll backend serves it: [`Backend::Uring`] refuses to start with it
+    /// ([`StartError::QuicNeedsEpoll`]) and [`Backend::Auto`] picks epoll.
+    pub quic_listen: Option<SocketAddr>,
     /// Shards (threads), at least 1.
     pub shards: u16,
     /// The server's static key.
@@ -85,6 +95,7 @@ impl ServerConfig {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         Self {
             listen,
+            quic_listen: None,
             shards: u16::try_from(cores).unwrap_or(u16::MAX),
             key,
             previous_key: None,
@@ -150,6 +161,7 @@ impl Clock {
 #[derive(Debug)]
 pub struct Server {
     local_addr: SocketAddr,
+    quic_addr: Option<SocketAddr>,
     metrics_addr: Option<SocketAddr>,
     stop: Arc<AtomicBool>,
     bells: Vec<Doorbell>,
@@ -189,6 +201,11 @@ impl Server {
         }
         let (backend, fallback) = match config.backend {
             Backend::Epoll => (Backend::Epoll, None),
+            Backend::Uring if config.quic_listen.is_some() => {
+                return Err(StartError::QuicNeedsEpoll);
+            }
+            // QUIC is served on epoll only: auto picks it without probing io_uring.
+            Backend::Auto if config.quic_listen.is_some() => (Backend::Epoll, None),
             Backend::Uring => match (config.uring_probe)() {
                 Ok(()) => (Backend::Uring, None),
                 Err(reason) => return Err(StartError::Uring(reason)),
@@ -271,6 +288,19 @@ impl Server {
             listeners.push(listener);
         }
 
+        // The QUIC sockets likewise, on their own port.
+        let mut udp_sockets = Vec::new();
+        let mut quic_addr = None;
+        if let Some(mut addr) = config.quic_listen {
+            for _ in 0..config.shards {
+                let socket = shard::bind_udp(addr)?;
+                addr = socket.local_addr()?;
+                udp_sockets.push(Some(socket));
+            }
+            quic_addr = Some(addr);
+        }
+        udp_sockets.resize_with(usize::from(config.shards), || None);
+
         let mut polls = Vec::new();
         let mut bells = vec![control_bell.clone()];
         for _ in 0..config.shards {
@@ -285,7 +315,8 @@ impl Server {
 
         let control_links = mesh.take_control();
         let mut threads = Vec::new();
-        for (index, (listener, poll)) in listeners.into_iter().zip(polls).enumerate() {
+        let sockets = listeners.into_iter().zip(polls).zip(udp_sockets);
+        for (index, ((listener, poll), udp)) in sockets.enumerate() {
             let links = mesh.take_shard(index);
             let thread = shard::ShardThread::new(
                 index,
@@ -297,6 +328,7 @@ impl Server {
                 links,
                 Arc::clone(metrics),
                 Arc::clone(&stop),
+                udp,
             )?;
             threads.push(
                 std::thread::Builder::new()
@@ -306,6 +338,7 @@ impl Server {
         }
         let server = Self {
             local_addr,
+            quic_addr,
             metrics_addr: None,
             stop,
             bells,
@@ -335,6 +368,7 @@ impl Server {
         let control_links = mesh.take_control();
         let mut server = Self {
             local_addr,
+            quic_addr: None,
             metrics_addr: None,
             stop: Arc::clone(&stop),
             bells: bells.clone(),
@@ -388,6 +422,11 @@ impl Server {
     /// Where the server listens.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Where the QUIC carrier listens (UDP), if it does.
+    pub fn quic_addr(&self) -> Option<SocketAddr> {
+        self.quic_addr
     }
 
     /// Where `GET /metrics` is served, if it is.

@@ -296,7 +296,13 @@ impl Driver {
             outbox.flush();
         }
         self.links.to_control.flush();
-        metrics::publish_shard(&self.metrics, self.index, &self.shard, &self.links);
+        metrics::publish_shard(
+            &self.metrics,
+            self.index,
+            &self.shard,
+            &self.links,
+            Default::default(),
+        );
         let idle = self
             .links
             .from_shards
@@ -428,7 +434,10 @@ impl Driver {
     }
 
     fn drain_links(&mut self, now: Instant) {
-        let handoffs = self.links.drain(&mut self.shard, now, LINK_BUDGET);
+        // QUIC is served on the epoll backend only: no relay messages arrive here.
+        let handoffs = self
+            .links
+            .drain(&mut self.shard, now, LINK_BUDGET, &mut Vec::new());
         for (handoff, stream) in handoffs {
             let Some(id) = self.shard.adopt(now, *handoff) else {
                 continue;
