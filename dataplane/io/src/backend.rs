@@ -237,8 +237,6 @@ pub(crate) fn parse_cpu_list(list: &str) -> Vec<usize> {
 pub enum StartError {
     /// `--backend uring` was asked for and io_uring cannot be used here.
     Uring(UringUnavailable),
-    /// QUIC was asked for with `--backend uring`: only the epoll backend serves QUIC yet.
-    QuicNeedsEpoll,
     /// Binding, threads or another OS resource failed.
     Io(io::Error),
 }
@@ -247,10 +245,6 @@ impl fmt::Display for StartError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Uring(reason) => write!(f, "the io_uring backend cannot start: {reason}"),
-            Self::QuicNeedsEpoll => f.write_str(
-                "the io_uring backend does not serve QUIC yet; use --backend epoll (or auto, \
-                 which picks epoll when QUIC is on), or leave out --quic-listen",
-            ),
             Self::Io(error) => write!(f, "{error}"),
         }
     }
@@ -260,7 +254,6 @@ impl std::error::Error for StartError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             Self::Uring(reason) => Some(reason),
-            Self::QuicNeedsEpoll => None,
             Self::Io(error) => Some(error),
         }
     }

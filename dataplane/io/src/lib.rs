@@ -16,7 +16,7 @@
 //! without credit keeps them in order in a local backlog), woken at most once per flush.
 //! Connections move between shards with their socket (`HandOff`).
 //!
-//! QUIC ([`ServerConfig::quic_listen`], epoll backend only for now): each shard also owns an
+//! QUIC ([`ServerConfig::quic_listen`], both backends): each shard also owns an
 //! `SO_REUSEPORT` UDP socket and a `dp_quic::QuicServer`; a QUIC stream is bridged to a shard
 //! connection like a TCP socket, and a session homed elsewhere moves while its QUIC
 //! connection stays and its stream bytes are relayed over the links (design note 0008).
@@ -58,9 +58,8 @@ use std::thread::JoinHandle;
 pub struct ServerConfig {
     /// Where to listen (port 0 picks a free port).
     pub listen: SocketAddr,
-    /// Where to serve the QUIC carrier (UDP; port 0 picks a free port), if anywhere. Only the
-    /// epoll backend serves it: [`Backend::Uring`] refuses to start with it
-    /// ([`StartError::QuicNeedsEpoll`]) and [`Backend::Auto`] picks epoll.
+    /// Where to serve the QUIC carrier (UDP; port 0 picks a free port), if anywhere. Both
+    /// backends serve it.
     pub quic_listen: Option<SocketAddr>,
     /// Shards (threads), at least 1.
     pub shards: u16,
@@ -201,11 +200,6 @@ impl Server {
         }
         let (backend, fallback) = match config.backend {
             Backend::Epoll => (Backend::Epoll, None),
-            Backend::Uring if config.quic_listen.is_some() => {
-                return Err(StartError::QuicNeedsEpoll);
-            }
-            // QUIC is served on epoll only: auto picks it without probing io_uring.
-            Backend::Auto if config.quic_listen.is_some() => (Backend::Epoll, None),
             Backend::Uring => match (config.uring_probe)() {
                 Ok(()) => (Backend::Uring, None),
                 Err(reason) => return Err(StartError::Uring(reason)),
@@ -288,18 +282,7 @@ impl Server {
             listeners.push(listener);
         }
 
-        // The QUIC sockets likewise, on their own port.
-        let mut udp_sockets = Vec::new();
-        let mut quic_addr = None;
-        if let Some(mut addr) = config.quic_listen {
-            for _ in 0..config.shards {
-                let socket = shard::bind_udp(addr)?;
-                addr = socket.local_addr()?;
-                udp_sockets.push(Some(socket));
-            }
-            quic_addr = Some(addr);
-        }
-        udp_sockets.resize_with(usize::from(config.shards), || None);
+        let (udp_sockets, quic_addr) = bind_quic(config)?;
 
         let mut polls = Vec::new();
         let mut bells = vec![control_bell.clone()];
@@ -359,6 +342,7 @@ impl Server {
         let stop = Arc::new(AtomicBool::new(false));
         let routing_key = routing_key();
         let (placeholder, local_addr) = uring::reserve_port(config.listen)?;
+        let (mut udp_sockets, quic_addr) = bind_quic(config)?;
 
         let mut bells = vec![control_bell.clone()];
         for _ in 0..config.shards {
@@ -368,7 +352,7 @@ impl Server {
         let control_links = mesh.take_control();
         let mut server = Self {
             local_addr,
-            quic_addr: None,
+            quic_addr,
             metrics_addr: None,
             stop: Arc::clone(&stop),
             bells: bells.clone(),
@@ -392,6 +376,7 @@ impl Server {
                 Arc::clone(metrics),
                 Arc::clone(bell),
                 Arc::clone(&stop),
+                udp_sockets[index].take(),
             )?;
             match shard.spawn(uring::cpu_for(index, &cpus), ready_tx.clone()) {
                 Ok(thread) => server.threads.push(thread),
@@ -481,6 +466,25 @@ fn log_library_warnings() {
     if log::set_logger(&STDERR_WARNINGS).is_ok() {
         log::set_max_level(log::LevelFilter::Warn);
     }
+}
+
+/// Every shard's QUIC socket (`None`s without QUIC) and the address they share: the first
+/// fixes the port (when 0 was asked for), the others join it with `SO_REUSEPORT`.
+type QuicSockets = (Vec<Option<std::net::UdpSocket>>, Option<SocketAddr>);
+
+fn bind_quic(config: &ServerConfig) -> io::Result<QuicSockets> {
+    let mut sockets = Vec::new();
+    let mut quic_addr = None;
+    if let Some(mut addr) = config.quic_listen {
+        for _ in 0..config.shards {
+            let socket = shard::bind_udp(addr)?;
+            addr = socket.local_addr()?;
+            sockets.push(Some(socket));
+        }
+        quic_addr = Some(addr);
+    }
+    sockets.resize_with(usize::from(config.shards), || None);
+    Ok((sockets, quic_addr))
 }
 
 fn routing_key() -> u64 {

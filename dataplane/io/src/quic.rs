@@ -24,7 +24,7 @@ use dp_quic::{
     Certificate, CloseCode, QuicConfig, QuicConnId, QuicEvent, QuicServer, QuicStats, TimeBase,
     Transmit,
 };
-use dp_shard::{CloseReason, ConnId, HandOff, Shard, ShardId};
+use dp_shard::{CloseReason, ConnId, HandOff, Shard, ShardEvent, ShardId};
 use std::collections::HashMap;
 use std::io;
 
@@ -522,6 +522,36 @@ impl QuicBridge {
         if let (true, Some(code)) = (done, close) {
             self.conns.remove(&quic);
             self.server.close(now, quic, code);
+        }
+    }
+
+    /// One turn of shutting down (after `Shard::handle_shutdown`): runs the carrier's timers
+    /// and events, closes QUIC connections as the shard closes them (after their `GoAway`),
+    /// writes what the shard has for them, and routes link-bound events. The shard's closes of
+    /// TCP connections are left to the backend's own shutdown loop, which writes them out.
+    pub(crate) fn drive_shutdown<R: Rng>(
+        &mut self,
+        now: Instant,
+        shard: &mut Shard<R>,
+        links: &mut ShardLinks,
+    ) {
+        self.handle_timeout(now);
+        self.handle_events(now, shard, links);
+        while let Some(event) = shard.poll_event() {
+            match event {
+                ShardEvent::Close { conn, reason } => {
+                    self.handle_close(now, conn, reason, shard, links);
+                }
+                ShardEvent::HandOff { conn, .. } => {
+                    self.handle_close(now, conn, CloseReason::ShuttingDown, shard, links);
+                }
+                event @ (ShardEvent::ToShard { .. } | ShardEvent::ToControl(_)) => {
+                    links.route(shard, event);
+                }
+            }
+        }
+        while let Some(id) = shard.poll_dirty() {
+            self.flush(now, id, shard, links);
         }
     }
 

@@ -538,28 +538,8 @@ impl ShardThread {
         let Some(quic) = self.quic.as_mut() else {
             return false;
         };
-        quic.bridge.handle_timeout(now);
         quic.bridge
-            .handle_events(now, &mut self.shard, &mut self.links);
-        while let Some(event) = self.shard.poll_event() {
-            match event {
-                ShardEvent::Close { conn, reason } => {
-                    quic.bridge
-                        .handle_close(now, conn, reason, &mut self.shard, &mut self.links);
-                }
-                ShardEvent::HandOff { conn, .. } => {
-                    let reason = dp_shard::CloseReason::ShuttingDown;
-                    quic.bridge
-                        .handle_close(now, conn, reason, &mut self.shard, &mut self.links);
-                }
-                event @ (ShardEvent::ToShard { .. } | ShardEvent::ToControl(_)) => {
-                    self.links.route(&mut self.shard, event);
-                }
-            }
-        }
-        while let Some(id) = self.shard.poll_dirty() {
-            quic.bridge.flush(now, id, &mut self.shard, &mut self.links);
-        }
+            .drive_shutdown(now, &mut self.shard, &mut self.links);
         self.quic_transmit(now);
         for outbox in self.links.to_shards.iter_mut().flatten() {
             outbox.flush();

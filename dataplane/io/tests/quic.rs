@@ -1,18 +1,18 @@
 //! Goal: `dp-io` serves the QUIC carrier: QUIC and TCP clients relay envelopes both ways
 //! through a two-shard server, a QUIC session whose device is homed on the shard that did not
 //! accept it works through the relay to its home shard, a client that goes away ends its
-//! session, and shutdown says GoAway on QUIC as on TCP, then ends the QUIC connection. The
-//! io_uring backend refuses QUIC with a reason. Method: a real server on 127.0.0.1 with QUIC on
+//! session, and shutdown says GoAway on QUIC as on TCP, then ends the QUIC connection, on the
+//! io_uring and epoll backends. Method: a real server on 127.0.0.1 with QUIC on
 //! an ephemeral UDP port, blocking clients of the client library (`QuicClient` and `Client`);
 //! the shard that accepts a QUIC connection is the kernel's choice (`SO_REUSEPORT` hash), so
 //! QUIC clients are added until the server's counters show a relayed one. Every wait has a
-//! deadline, so a failure fails, never hangs.
+//! deadline, so a failure fails, never hangs. The scenarios run once per backend.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use commucat_client::{Client, ConnectionConfig, Event, QuicClient};
 use core::time::Duration;
 use dp_core::{DeviceId, MessageId, SeededRng};
-use dp_io::{Backend, Server, ServerConfig, StartError};
+use dp_io::{Backend, Server, ServerConfig};
 use dp_noise::{Cipher, Pattern, StaticKeypair, Suite};
 use dp_proto::{ErrorCode, Recipient, SendStatus};
 use std::io::{Read, Write};
@@ -143,11 +143,32 @@ fn relay(devices: &mut [Device], from: usize, to: usize, id: u8) {
     );
 }
 
-#[test]
-fn quic_and_tcp_clients_relay_across_shards_and_shutdown_says_goaway() {
-    let (config, public, mut rng) = config(Backend::Epoll);
+/// Runs a scenario once per backend: `name::uring` and `name::epoll`.
+macro_rules! on_both_backends {
+    ($($scenario:ident),* $(,)?) => {$(
+        mod $scenario {
+            #[test]
+            fn uring() {
+                super::$scenario(dp_io::Backend::Uring);
+            }
+
+            #[test]
+            fn epoll() {
+                super::$scenario(dp_io::Backend::Epoll);
+            }
+        }
+    )*};
+}
+
+on_both_backends!(
+    quic_and_tcp_clients_relay_across_shards_and_shutdown_says_goaway,
+    a_quic_client_that_goes_away_ends_its_session,
+);
+
+fn quic_and_tcp_clients_relay_across_shards_and_shutdown_says_goaway(backend: Backend) {
+    let (config, public, mut rng) = config(backend);
     let server = Server::start(config).unwrap();
-    assert_eq!(server.backend(), Backend::Epoll);
+    assert_eq!(server.backend(), backend);
     let quic_addr = server.quic_addr().expect("QUIC is served");
     assert_ne!(quic_addr.port(), 0);
 
@@ -216,10 +237,10 @@ fn quic_and_tcp_clients_relay_across_shards_and_shutdown_says_goaway() {
     }
 }
 
-#[test]
-fn a_quic_client_that_goes_away_ends_its_session() {
-    let (config, public, mut rng) = config(Backend::Epoll);
+fn a_quic_client_that_goes_away_ends_its_session(backend: Backend) {
+    let (config, public, mut rng) = config(backend);
     let server = Server::start(config).unwrap();
+    assert_eq!(server.backend(), backend);
     let quic_addr = server.quic_addr().unwrap();
     let mut clients = Vec::new();
     for _ in 0..4 {
@@ -239,21 +260,11 @@ fn a_quic_client_that_goes_away_ends_its_session() {
 }
 
 #[test]
-fn uring_refuses_quic_and_says_what_to_do() {
-    let (mut config, _, _) = config(Backend::Uring);
-    config.uring_probe = || Ok(());
-    let error = Server::start(config).unwrap_err();
-    assert!(matches!(error, StartError::QuicNeedsEpoll), "{error:?}");
-    let text = error.to_string();
-    assert!(text.contains("--backend epoll"), "{text}");
-}
-
-#[test]
-fn auto_serves_quic_on_epoll() {
+fn auto_serves_quic_on_the_backend_it_picks() {
     let (mut config, public, mut rng) = config(Backend::Auto);
     config.uring_probe = || Ok(());
     let server = Server::start(config).unwrap();
-    assert_eq!(server.backend(), Backend::Epoll);
+    assert_eq!(server.backend(), Backend::Uring);
     let key = StaticKeypair::generate(&mut rng);
     let (client_config, client_rng) = client_config(&public, &key);
     let client = QuicClient::connect(server.quic_addr().unwrap(), client_config, client_rng);

@@ -26,8 +26,7 @@ pub(crate) struct ServeArgs {
     #[arg(long)]
     listen: Option<SocketAddr>,
     /// Also serve the QUIC carrier on this UDP address, e.g. 0.0.0.0:7443 (the same sessions
-    /// and frames over QUIC); port 0 picks a free port. Off unless given. Served on the epoll
-    /// backend only: --backend auto picks epoll, --backend uring refuses to start.
+    /// and frames over QUIC); port 0 picks a free port. Off unless given.
     #[arg(long, value_name = "ADDR")]
     quic_listen: Option<SocketAddr>,
     /// Shards (threads); default one per core.
@@ -178,7 +177,6 @@ pub(crate) fn run(args: ServeArgs) -> Result<()> {
     }) {
         Ok(server) => server,
         Err(StartError::Uring(reason)) => anyhow::bail!("--backend uring: {reason}"),
-        Err(error @ StartError::QuicNeedsEpoll) => anyhow::bail!("--quic-listen: {error}"),
         Err(error) => Err(error).with_context(|| {
             format!("cannot listen on {listen} (or the metrics address): is it free and ours?")
         })?,

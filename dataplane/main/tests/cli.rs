@@ -146,31 +146,12 @@ fn serve_config_key_backend_epoll_runs_on_epoll() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-/// Goal: `--quic-listen` serves QUIC beside TCP; `auto` then runs on epoll, the backend that
-/// serves QUIC.
+/// Goal: `--quic-listen` serves QUIC beside TCP, and `serve` still starts, accepts and stops
+/// cleanly (the QUIC side is tested end to end in `dataplane/io/tests/quic.rs`).
 #[test]
-fn serve_quic_listen_runs_on_epoll() {
+fn serve_quic_listen_starts_and_stops() {
     let line = serve_accepts_and_stops("serve-quic", &["--quic-listen", "127.0.0.1:0"]);
-    assert!(line.ends_with("(epoll backend)"), "{line}");
-}
-
-/// Goal: `--quic-listen` with `--backend uring` is refused before anything listens, saying
-/// what to do.
-#[test]
-fn serve_refuses_quic_on_uring() {
-    let dir = temp_dir("serve-quic-uring");
-    let out = commucat()
-        .args(["serve", "--listen", "127.0.0.1:0", "--no-api"])
-        .args(["--backend", "uring", "--quic-listen", "127.0.0.1:0"])
-        .arg("--data-dir")
-        .arg(dir.join("data"))
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8(out.stderr).unwrap();
-    assert!(stderr.contains("--quic-listen"), "{stderr}");
-    assert!(stderr.contains("--backend epoll"), "{stderr}");
-    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(line.ends_with("backend)"), "{line}");
 }
 
 /// Goal: a misspelt backend is refused before anything starts, naming the choices.
