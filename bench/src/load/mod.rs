@@ -7,6 +7,7 @@
 #![allow(clippy::disallowed_methods)]
 
 pub mod engine;
+pub mod idle_quic;
 pub mod lanes;
 pub mod report;
 pub mod servers;

@@ -20,6 +20,9 @@ const LISTENER: Token = Token(0);
 const UDP: Token = Token(usize::MAX - 1);
 /// Datagrams received per loop iteration; more wait for the next one.
 const DATAGRAM_BUDGET: usize = 1024;
+/// Kernel buffers asked for on each QUIC socket, each way, so a burst of handshakes is not
+/// dropped before the shard reads it (the kernel caps it at `net.core.rmem_max`/`wmem_max`).
+const UDP_BUFFER_BYTES: usize = 4 << 20;
 /// Messages taken from each link per loop iteration.
 const LINK_BUDGET: usize = 1024;
 /// Connections accepted per loop iteration.
@@ -48,6 +51,9 @@ pub(crate) fn bind_udp(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, None)?;
     socket.set_reuse_address(true)?;
     socket.set_reuse_port(true)?;
+    // Best effort: a smaller buffer only means more loss under bursts.
+    let _ = socket.set_recv_buffer_size(UDP_BUFFER_BYTES);
+    let _ = socket.set_send_buffer_size(UDP_BUFFER_BYTES);
     socket.bind(&addr.into())?;
     socket.set_nonblocking(true)?;
     Ok(socket.into())
