@@ -163,6 +163,7 @@ macro_rules! on_both_backends {
 on_both_backends!(
     quic_and_tcp_clients_relay_across_shards_and_shutdown_says_goaway,
     a_quic_client_that_goes_away_ends_its_session,
+    an_idle_quic_session_is_closed_as_on_tcp,
 );
 
 fn quic_and_tcp_clients_relay_across_shards_and_shutdown_says_goaway(backend: Backend) {
@@ -256,6 +257,33 @@ fn a_quic_client_that_goes_away_ends_its_session(backend: Backend) {
     }
     assert_eq!(wait_for(&server, "commucat_sessions", |n| n == 1), 1);
     assert_eq!(wait_for(&server, "commucat_conns", |n| n == 1), 1);
+    server.shutdown();
+}
+
+fn an_idle_quic_session_is_closed_as_on_tcp(backend: Backend) {
+    let (mut config, public, mut rng) = config(backend);
+    config.idle_timeout = Duration::from_secs(1);
+    let server = Server::start(config).unwrap();
+    let key = StaticKeypair::generate(&mut rng);
+    let (mut client_config, client_rng) = client_config(&public, &key);
+    client_config.keepalive = None;
+    let mut client = QuicClient::connect(server.quic_addr().unwrap(), client_config, client_rng)
+        .expect("connects");
+    assert_eq!(wait_for(&server, "commucat_sessions", |n| n == 1), 1);
+    // Nothing is sent: the server closes the session (and its QUIC connection) at its idle
+    // timeout, and the client hears the end.
+    loop {
+        match client.next_event(Duration::from_secs(10)) {
+            // The server ended the stream and the connection (TIMEOUT), as it closes a TCP
+            // socket.
+            Err(commucat_client::Error::Eof) | Ok(Some(Event::Closed(_))) => break,
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("no end within 10 s"),
+            Err(error) => panic!("ended by {error}, not by the server"),
+        }
+    }
+    assert_eq!(wait_for(&server, "commucat_sessions", |n| n == 0), 0);
+    assert_eq!(wait_for(&server, "commucat_quic_conns", |n| n == 0), 0);
     server.shutdown();
 }
 
