@@ -166,6 +166,12 @@ const FIELDS: &[Field] = &[
         |_, g| g.quic.send_failed,
     ),
     (
+        "commucat_quic_gso_batches_total",
+        "QUIC datagram batches sent with one sendmsg (UDP_SEGMENT).",
+        Kind::Counter,
+        |_, g| g.quic.gso_batches,
+    ),
+    (
         "commucat_quic_conns",
         "QUIC connections held (handshaking, open or closing).",
         Kind::Gauge,

@@ -94,6 +94,64 @@ pub(crate) struct QuicGauges {
     pub(crate) datagrams_dropped: u64,
     /// Datagrams the socket did not take (QUIC sends them again).
     pub(crate) send_failed: u64,
+    /// Batches sent with one `sendmsg` (`UDP_SEGMENT`).
+    pub(crate) gso_batches: u64,
+}
+
+/// What one socket does with a `Transmit`: a batch of several datagrams goes out as one
+/// `sendmsg` with `UDP_SEGMENT` (GSO) while the kernel accepts it, otherwise (and for single
+/// datagrams) one `sendto` each.
+#[derive(Debug)]
+pub(crate) struct UdpSender {
+    gso: bool,
+    pub(crate) gso_batches: u64,
+}
+
+impl UdpSender {
+    pub(crate) fn new() -> Self {
+        Self {
+            gso: true,
+            gso_batches: 0,
+        }
+    }
+
+    /// Sends `bytes` as `transmit` says; returns how many datagrams the socket did not take.
+    pub(crate) fn send(
+        &mut self,
+        socket: &impl std::os::fd::AsRawFd,
+        transmit: &Transmit,
+        bytes: &[u8],
+    ) -> u64 {
+        use nix::sys::socket::{ControlMessage, MsgFlags, SockaddrStorage, sendmsg, sendto};
+        let fd = socket.as_raw_fd();
+        let to = SockaddrStorage::from(transmit.destination);
+        let size = transmit.segment_size.unwrap_or(bytes.len()).max(1);
+        if self.gso
+            && bytes.len() > size
+            && let Ok(segment) = u16::try_from(size)
+        {
+            let iov = [io::IoSlice::new(bytes)];
+            let cmsg = [ControlMessage::UdpGsoSegments(&segment)];
+            match sendmsg(fd, &iov, &cmsg, MsgFlags::empty(), Some(&to)) {
+                Ok(_) => {
+                    self.gso_batches += 1;
+                    return 0;
+                }
+                // No GSO on this kernel, socket or device: one datagram at a time from now on.
+                Err(nix::errno::Errno::EIO | nix::errno::Errno::EINVAL)
+                | Err(nix::errno::Errno::EOPNOTSUPP) => self.gso = false,
+                // A full buffer or another transient failure: QUIC sends them again.
+                Err(_) => return bytes.len().div_ceil(size) as u64,
+            }
+        }
+        let mut failed = 0;
+        for datagram in bytes.chunks(size) {
+            if sendto(fd, datagram, &to, MsgFlags::empty()).is_err() {
+                failed += 1;
+            }
+        }
+        failed
+    }
 }
 
 /// One shard's QUIC server and its table of connections.
@@ -108,6 +166,7 @@ pub(crate) struct QuicBridge {
     accepting: bool,
     read_buf: Vec<u8>,
     tx_buf: Vec<u8>,
+    sender: UdpSender,
     relayed: u64,
     send_failed: u64,
 }
@@ -163,6 +222,7 @@ impl QuicBridge {
             accepting: true,
             read_buf: vec![0u8; READ_CHUNK],
             tx_buf: Vec::new(),
+            sender: UdpSender::new(),
             relayed: 0,
             send_failed: 0,
         })
@@ -185,12 +245,12 @@ impl QuicBridge {
         }
     }
 
-    /// Hands every datagram batch to `send` (which returns how many datagrams the socket did
-    /// not take).
-    pub(crate) fn transmit(&mut self, now: Instant, mut send: impl FnMut(&Transmit, &[u8]) -> u64) {
+    /// Sends every datagram batch the carrier has on `socket` (non-blocking; GSO where the
+    /// kernel takes it). A datagram the socket does not take is counted; QUIC sends it again.
+    pub(crate) fn transmit(&mut self, now: Instant, socket: &impl std::os::fd::AsRawFd) {
         while let Some(transmit) = self.server.poll_transmit(now, &mut self.tx_buf) {
             let len = transmit.len.min(self.tx_buf.len());
-            self.send_failed += send(&transmit, &self.tx_buf[..len]);
+            self.send_failed += self.sender.send(socket, &transmit, &self.tx_buf[..len]);
         }
     }
 
@@ -213,6 +273,7 @@ impl QuicBridge {
             datagrams_out: stats.datagrams_out,
             datagrams_dropped: stats.datagrams_dropped,
             send_failed: self.send_failed,
+            gso_batches: self.sender.gso_batches,
         }
     }
 

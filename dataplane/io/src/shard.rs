@@ -424,22 +424,11 @@ impl ShardThread {
         quic.more = true;
     }
 
-    /// Sends what the QUIC server has, one datagram per `send_to` (a GSO batch is split).
+    /// Sends what the QUIC server has (GSO batches as one `sendmsg` where the kernel can).
     fn quic_transmit(&mut self, now: Instant) {
-        let Some(quic) = self.quic.as_mut() else {
-            return;
-        };
-        let socket = &quic.socket;
-        quic.bridge.transmit(now, |transmit, bytes| {
-            let size = transmit.segment_size.unwrap_or(bytes.len()).max(1);
-            let mut failed = 0;
-            for datagram in bytes.chunks(size) {
-                if socket.send_to(datagram, transmit.destination).is_err() {
-                    failed += 1;
-                }
-            }
-            failed
-        });
+        if let Some(quic) = self.quic.as_mut() {
+            quic.bridge.transmit(now, &quic.socket);
+        }
     }
 
     fn route_events(&mut self, now: Instant) {

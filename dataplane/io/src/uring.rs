@@ -389,21 +389,12 @@ impl Driver {
         Some(wake.saturating_duration_since(now).min(IDLE_MAX))
     }
 
-    /// Sends what the QUIC bridge has, one non-blocking `send_to` per datagram.
+    /// Sends what the QUIC bridge has with non-blocking sends on the socket's duplicate (GSO
+    /// batches as one `sendmsg` where the kernel can).
     fn quic_transmit(&mut self, now: Instant) {
-        let (Some(quic), Some(socket)) = (self.quic.as_mut(), self.udp_send.as_ref()) else {
-            return;
-        };
-        quic.transmit(now, |transmit, bytes| {
-            let size = transmit.segment_size.unwrap_or(bytes.len()).max(1);
-            let mut failed = 0;
-            for datagram in bytes.chunks(size) {
-                if socket.send_to(datagram, transmit.destination).is_err() {
-                    failed += 1;
-                }
-            }
-            failed
-        });
+        if let (Some(quic), Some(socket)) = (self.quic.as_mut(), self.udp_send.as_ref()) {
+            quic.transmit(now, socket);
+        }
     }
 
     fn kick(&mut self) {

@@ -164,6 +164,7 @@ on_both_backends!(
     quic_and_tcp_clients_relay_across_shards_and_shutdown_says_goaway,
     a_quic_client_that_goes_away_ends_its_session,
     an_idle_quic_session_is_closed_as_on_tcp,
+    large_envelopes_reach_a_quic_client_in_gso_batches,
 );
 
 fn quic_and_tcp_clients_relay_across_shards_and_shutdown_says_goaway(backend: Backend) {
@@ -284,6 +285,33 @@ fn an_idle_quic_session_is_closed_as_on_tcp(backend: Backend) {
     }
     assert_eq!(wait_for(&server, "commucat_sessions", |n| n == 0), 0);
     assert_eq!(wait_for(&server, "commucat_quic_conns", |n| n == 0), 0);
+    server.shutdown();
+}
+
+fn large_envelopes_reach_a_quic_client_in_gso_batches(backend: Backend) {
+    let (config, public, mut rng) = config(backend);
+    let server = Server::start(config).unwrap();
+    let tcp_key = StaticKeypair::generate(&mut rng);
+    let (tcp_config, tcp_rng) = client_config(&public, &tcp_key);
+    let tcp = Client::connect(server.local_addr(), tcp_config, tcp_rng).unwrap();
+    let quic_key = StaticKeypair::generate(&mut rng);
+    let (quic_config, quic_rng) = client_config(&public, &quic_key);
+    let quic = QuicClient::connect(server.quic_addr().unwrap(), quic_config, quic_rng).unwrap();
+    let mut devices = [Device::Tcp(Box::new(tcp)), Device::Quic(Box::new(quic))];
+    let target = devices[1].device();
+    let sender = devices[0].device();
+    // 1 MiB in 200 KiB envelopes: far more than one QUIC packet, so the server's carrier
+    // sends batches of datagrams.
+    let mut sent = Vec::new();
+    for id in 1..=5u8 {
+        let body = vec![id; 200 * 1024];
+        sent.push((devices[0].send(target, id, &body), body));
+    }
+    for (message, body) in sent {
+        assert_eq!(devices[1].next(), Got::Deliver(message, sender, body));
+    }
+    let batches = wait_for(&server, "commucat_quic_gso_batches_total", |n| n > 0);
+    assert!(batches > 0, "no datagram batch went out as one sendmsg");
     server.shutdown();
 }
 
