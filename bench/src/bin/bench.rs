@@ -189,10 +189,19 @@ struct HandshakeArgs {
 
 #[derive(Debug, Args, serde::Serialize)]
 struct IdleArgs {
-    /// Sessions to open; at most 18 000 here, since this process and the server each hold one
-    /// descriptor per session and the file limit is 20 000 per process.
+    /// Sessions to open; over TCP at most 18 000 here, since this process and the server each
+    /// hold one descriptor per session and the file limit is 20 000 per process; over QUIC at
+    /// most 200 000 (no descriptor per session).
     #[arg(long, default_value_t = 10_000)]
     sessions: usize,
+    /// The carrier: tcp, or quic (the server is started with `--quic-listen`; sessions share
+    /// `--sockets` UDP sockets).
+    #[arg(long, default_value = "tcp", value_parser = ["tcp", "quic"])]
+    carrier: String,
+    /// UDP sockets the QUIC sessions are spread over (each a QUIC endpoint); the kernel spreads
+    /// them over the server's shards by address.
+    #[arg(long, default_value_t = 8)]
+    sockets: usize,
     /// Handshake suite.
     #[arg(long, default_value = "xk")]
     suite: String,
@@ -203,6 +212,10 @@ struct IdleArgs {
 /// The most idle sessions: the hard file limit here is 20 000 per process, and both this
 /// process and the server hold one descriptor per session, plus some to spare.
 const IDLE_SESSIONS_MAX: usize = 18_000;
+/// The most idle sessions over QUIC (held in this process's memory as well as the server's).
+const IDLE_QUIC_SESSIONS_MAX: usize = 200_000;
+/// The most UDP sockets for `idle --carrier quic`.
+const IDLE_QUIC_SOCKETS_MAX: usize = 256;
 /// The longest measured run.
 const DURATION_MAX_S: u64 = 30;
 
@@ -220,6 +233,41 @@ fn parse_suite(name: &str) -> Result<Suite> {
         Cipher::ChaChaPoly
     };
     Ok(Suite::new(pattern, cipher, name.contains("hybrid")))
+}
+
+fn idle_quic(args: &IdleArgs) -> Result<()> {
+    if args.sessions > IDLE_QUIC_SESSIONS_MAX {
+        bail!("--sessions is at most {IDLE_QUIC_SESSIONS_MAX} over QUIC");
+    }
+    if args.sockets == 0 || args.sockets > IDLE_QUIC_SOCKETS_MAX {
+        bail!("--sockets is 1 to {IDLE_QUIC_SOCKETS_MAX}");
+    }
+    let suite = parse_suite(&args.suite)?;
+    let CommuCat::Spawn { binary, shards, .. } = commucat_how(&args.server, false)? else {
+        bail!("idle --carrier quic starts the server itself (no --server, no --in-process)");
+    };
+    let mut report = new_report("idle", serde_json::to_value(args)?);
+    let (target, quic) = servers::spawn_commucat_quic(&binary, shards)?;
+    if let Some(cpu) = args.server.pin_server {
+        target.pin(cpu)?;
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let result = load::idle_quic::run_idle_quic(&target, quic, args.sessions, args.sockets, suite);
+    target.stop();
+    let result = result?;
+    println!(
+        "idle QUIC sessions: {} from {} sockets, server VmRSS {} → {} KiB, {:.2} KiB per session",
+        args.sessions,
+        args.sockets,
+        result.extra["rss_before_kib"],
+        result.extra["rss_after_kib"],
+        result.extra["rss_per_session_kib"].as_f64().unwrap_or(0.0)
+    );
+    report.results.push(result);
+    if let Some(path) = &args.server.out {
+        report.write(path)?;
+    }
+    Ok(())
 }
 
 fn main() -> Result<()> {
@@ -539,6 +587,9 @@ fn handshake(args: &HandshakeArgs) -> Result<()> {
 }
 
 fn idle(args: &IdleArgs) -> Result<()> {
+    if args.carrier == "quic" {
+        return idle_quic(args);
+    }
     if args.sessions > IDLE_SESSIONS_MAX {
         bail!(
             "--sessions is at most {IDLE_SESSIONS_MAX}: the file limit is 20 000 per process \

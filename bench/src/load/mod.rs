@@ -8,6 +8,7 @@
 
 pub mod engine;
 pub mod fanout;
+pub mod idle_quic;
 pub mod jetstream;
 pub mod lanes;
 pub mod offline;

@@ -331,7 +331,7 @@ pub fn start_commucat(how: &CommuCat) -> Result<Target> {
             binary,
             shards,
             api,
-        } => spawn_commucat(binary, *shards, *api),
+        } => spawn_commucat(binary, *shards, *api, false).map(|(target, _)| target),
         CommuCat::External {
             addr,
             key,
@@ -367,7 +367,20 @@ pub fn start_commucat(how: &CommuCat) -> Result<Target> {
     }
 }
 
-fn spawn_commucat(binary: &Path, shards: u16, with_api: bool) -> Result<Target> {
+/// Starts `commucat serve` with QUIC on as well (`--quic-listen`), for `idle --carrier quic`;
+/// returns the server and its QUIC address.
+pub fn spawn_commucat_quic(binary: &Path, shards: u16) -> Result<(Target, SocketAddr)> {
+    let (target, quic) = spawn_commucat(binary, shards, false, true)?;
+    let quic = quic.context("commucat serve printed no QUIC address")?;
+    Ok((target, quic))
+}
+
+fn spawn_commucat(
+    binary: &Path,
+    shards: u16,
+    with_api: bool,
+    quic: bool,
+) -> Result<(Target, Option<SocketAddr>)> {
     if !binary.exists() {
         bail!(
             "{} not found: build it with `cargo build --release -p commucat`, or pass \
@@ -405,14 +418,23 @@ fn spawn_commucat(binary: &Path, shards: u16, with_api: bool) -> Result<Target> 
         .arg(dir.join("data"))
         .arg("--config")
         .arg(&config)
+        .args(if quic {
+            &["--quic-listen", "127.0.0.1:0"][..]
+        } else {
+            &[]
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
         .with_context(|| format!("cannot start {}", binary.display()))?;
     let stdout = child.stdout.take().context("server stdout")?;
     let mut lines = BufReader::new(stdout).lines();
-    let (mut addr, mut key, mut api) = (None, None, None);
-    while addr.is_none() || key.is_none() || (with_api && api.is_none()) {
+    let (mut addr, mut key, mut api, mut quic_addr) = (None, None, None, None);
+    while addr.is_none()
+        || key.is_none()
+        || (with_api && api.is_none())
+        || (quic && quic_addr.is_none())
+    {
         let Some(line) = lines.next().transpose()? else {
             let _ = child.kill();
             bail!("commucat serve exited before it was ready");
@@ -422,6 +444,9 @@ fn spawn_commucat(binary: &Path, shards: u16, with_api: bool) -> Result<Target> 
         }
         if let Some(rest) = line.strip_prefix("REST API at http://") {
             api = rest.split('/').next().and_then(|a| a.parse().ok());
+        }
+        if let Some(rest) = line.strip_prefix("QUIC on udp ") {
+            quic_addr = rest.trim().parse().ok();
         }
         if let Some(hex_key) = line.strip_prefix("server public key (give it to clients): ") {
             key = hex::decode(hex_key.trim())
@@ -434,14 +459,15 @@ fn spawn_commucat(binary: &Path, shards: u16, with_api: bool) -> Result<Target> 
     let (Some(addr), Some(key)) = (addr, key) else {
         bail!("commucat serve printed no address or key");
     };
-    Ok(Target {
+    let target = Target {
         addr,
         server_key: key,
         api,
         pid: Some(child.id()),
         prefix: None,
         kind: Kind::Child(child, Some(dir)),
-    })
+    };
+    Ok((target, quic_addr))
 }
 
 /// Starts `nats-server` on a free loopback port (installs nothing: say how if it is missing);

@@ -16,6 +16,11 @@
 //! without credit keeps them in order in a local backlog), woken at most once per flush.
 //! Connections move between shards with their socket (`HandOff`).
 //!
+//! QUIC ([`ServerConfig::quic_listen`], both backends): each shard also owns an
+//! `SO_REUSEPORT` UDP socket and a `dp_quic::QuicServer`; a QUIC stream is bridged to a shard
+//! connection like a TCP socket, and a session homed elsewhere moves while its QUIC
+//! connection stays and its stream bytes are relayed over the links (design note 0008).
+//!
 //! [`Server::start`] runs an in-memory control thread (stored envelopes in memory; for tests
 //! and benchmarks). `commucat serve` uses [`Server::start_with_control`] and serves the
 //! [`ControlPort`] with the durable control side (`control-delivery`).
@@ -31,6 +36,7 @@ mod control;
 mod link;
 mod metrics;
 mod port;
+mod quic;
 mod shard;
 mod uring;
 
@@ -52,6 +58,9 @@ use std::thread::JoinHandle;
 pub struct ServerConfig {
     /// Where to listen (port 0 picks a free port).
     pub listen: SocketAddr,
+    /// Where to serve the QUIC carrier (UDP; port 0 picks a free port), if anywhere. Both
+    /// backends serve it.
+    pub quic_listen: Option<SocketAddr>,
     /// Shards (threads), at least 1.
     pub shards: u16,
     /// The server's static key.
@@ -85,6 +94,7 @@ impl ServerConfig {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         Self {
             listen,
+            quic_listen: None,
             shards: u16::try_from(cores).unwrap_or(u16::MAX),
             key,
             previous_key: None,
@@ -150,6 +160,7 @@ impl Clock {
 #[derive(Debug)]
 pub struct Server {
     local_addr: SocketAddr,
+    quic_addr: Option<SocketAddr>,
     metrics_addr: Option<SocketAddr>,
     stop: Arc<AtomicBool>,
     bells: Vec<Doorbell>,
@@ -271,6 +282,8 @@ impl Server {
             listeners.push(listener);
         }
 
+        let (udp_sockets, quic_addr) = bind_quic(config)?;
+
         let mut polls = Vec::new();
         let mut bells = vec![control_bell.clone()];
         for _ in 0..config.shards {
@@ -285,7 +298,8 @@ impl Server {
 
         let control_links = mesh.take_control();
         let mut threads = Vec::new();
-        for (index, (listener, poll)) in listeners.into_iter().zip(polls).enumerate() {
+        let sockets = listeners.into_iter().zip(polls).zip(udp_sockets);
+        for (index, ((listener, poll), udp)) in sockets.enumerate() {
             let links = mesh.take_shard(index);
             let thread = shard::ShardThread::new(
                 index,
@@ -297,6 +311,7 @@ impl Server {
                 links,
                 Arc::clone(metrics),
                 Arc::clone(&stop),
+                udp,
             )?;
             threads.push(
                 std::thread::Builder::new()
@@ -306,6 +321,7 @@ impl Server {
         }
         let server = Self {
             local_addr,
+            quic_addr,
             metrics_addr: None,
             stop,
             bells,
@@ -326,6 +342,7 @@ impl Server {
         let stop = Arc::new(AtomicBool::new(false));
         let routing_key = routing_key();
         let (placeholder, local_addr) = uring::reserve_port(config.listen)?;
+        let (mut udp_sockets, quic_addr) = bind_quic(config)?;
 
         let mut bells = vec![control_bell.clone()];
         for _ in 0..config.shards {
@@ -335,6 +352,7 @@ impl Server {
         let control_links = mesh.take_control();
         let mut server = Self {
             local_addr,
+            quic_addr,
             metrics_addr: None,
             stop: Arc::clone(&stop),
             bells: bells.clone(),
@@ -358,6 +376,7 @@ impl Server {
                 Arc::clone(metrics),
                 Arc::clone(bell),
                 Arc::clone(&stop),
+                udp_sockets[index].take(),
             )?;
             match shard.spawn(uring::cpu_for(index, &cpus), ready_tx.clone()) {
                 Ok(thread) => server.threads.push(thread),
@@ -388,6 +407,11 @@ impl Server {
     /// Where the server listens.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Where the QUIC carrier listens (UDP), if it does.
+    pub fn quic_addr(&self) -> Option<SocketAddr> {
+        self.quic_addr
     }
 
     /// Where `GET /metrics` is served, if it is.
@@ -445,6 +469,25 @@ fn log_library_warnings() {
     if log::set_logger(&STDERR_WARNINGS).is_ok() {
         log::set_max_level(log::LevelFilter::Warn);
     }
+}
+
+/// Every shard's QUIC socket (`None`s without QUIC) and the address they share: the first
+/// fixes the port (when 0 was asked for), the others join it with `SO_REUSEPORT`.
+type QuicSockets = (Vec<Option<std::net::UdpSocket>>, Option<SocketAddr>);
+
+fn bind_quic(config: &ServerConfig) -> io::Result<QuicSockets> {
+    let mut sockets = Vec::new();
+    let mut quic_addr = None;
+    if let Some(mut addr) = config.quic_listen {
+        for _ in 0..config.shards {
+            let socket = shard::bind_udp(addr)?;
+            addr = socket.local_addr()?;
+            sockets.push(Some(socket));
+        }
+        quic_addr = Some(addr);
+    }
+    sockets.resize_with(usize::from(config.shards), || None);
+    Ok((sockets, quic_addr))
 }
 
 fn routing_key() -> u64 {

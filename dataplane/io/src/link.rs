@@ -72,6 +72,9 @@ pub(crate) enum PeerMsg {
     Message(ShardMessage),
     /// A connection moving to its home shard, with its socket.
     HandOff(Box<HandOff>, std::net::TcpStream),
+    /// A QUIC connection's session moving to its home shard, or bytes of a relayed QUIC
+    /// stream (`quic.rs`).
+    Quic(crate::quic::Relay),
 }
 
 /// What travels in a ring: an item (spending a credit) or returned credits.
@@ -267,12 +270,13 @@ impl ShardLinks {
 
     /// Feeds the shard up to `budget` messages from each incoming link (other shards, then
     /// control) and returns the connections handed over to it, for the backend to adopt with
-    /// their sockets.
+    /// their sockets. QUIC relay messages go to `relays`, in order, with the sending shard.
     pub(crate) fn drain<R: Rng>(
         &mut self,
         shard: &mut Shard<R>,
         now: dp_core::Instant,
         budget: usize,
+        relays: &mut Vec<(usize, crate::quic::Relay)>,
     ) -> Vec<(Box<HandOff>, std::net::TcpStream)> {
         let mut handoffs = Vec::new();
         for (source, inbox) in self.from_shards.iter_mut().enumerate() {
@@ -282,6 +286,7 @@ impl ShardLinks {
             inbox.drain(budget, reply, |message| match message {
                 PeerMsg::Message(message) => shard.handle_shard_message(now, message),
                 PeerMsg::HandOff(handoff, stream) => handoffs.push((handoff, stream)),
+                PeerMsg::Quic(relay) => relays.push((source, relay)),
             });
         }
         self.from_control

@@ -21,6 +21,7 @@ pub(crate) struct Gauges {
     pub(crate) link_backlog: u64,
     /// Messages shed because a link backlog was full.
     pub(crate) link_shed: u64,
+    pub(crate) quic: crate::quic::QuicGauges,
 }
 
 #[derive(Clone, Copy)]
@@ -135,6 +136,48 @@ const FIELDS: &[Field] = &[
         |_, g| g.link_shed,
     ),
     (
+        "commucat_quic_relayed_total",
+        "QUIC connections whose session moved to another shard (stream bytes relayed there).",
+        Kind::Counter,
+        |_, g| g.quic.relayed,
+    ),
+    (
+        "commucat_quic_datagrams_in_total",
+        "QUIC datagrams received.",
+        Kind::Counter,
+        |_, g| g.quic.datagrams_in,
+    ),
+    (
+        "commucat_quic_datagrams_out_total",
+        "QUIC datagrams sent.",
+        Kind::Counter,
+        |_, g| g.quic.datagrams_out,
+    ),
+    (
+        "commucat_quic_datagrams_dropped_total",
+        "QUIC datagrams that reached no connection.",
+        Kind::Counter,
+        |_, g| g.quic.datagrams_dropped,
+    ),
+    (
+        "commucat_quic_send_failed_total",
+        "QUIC datagrams the socket did not take.",
+        Kind::Counter,
+        |_, g| g.quic.send_failed,
+    ),
+    (
+        "commucat_quic_gso_batches_total",
+        "QUIC datagram batches sent with one sendmsg (UDP_SEGMENT).",
+        Kind::Counter,
+        |_, g| g.quic.gso_batches,
+    ),
+    (
+        "commucat_quic_conns",
+        "QUIC connections held (handshaking, open or closing).",
+        Kind::Gauge,
+        |_, g| g.quic.conns,
+    ),
+    (
         "commucat_conns",
         "Open connections.",
         Kind::Gauge,
@@ -209,6 +252,7 @@ pub(crate) fn publish_shard<R: dp_core::Rng>(
     index: usize,
     shard: &dp_shard::Shard<R>,
     links: &crate::link::ShardLinks,
+    quic: crate::quic::QuicGauges,
 ) {
     let (link_backlog, link_shed) = links.backlog_and_shed();
     let gauges = Gauges {
@@ -216,6 +260,7 @@ pub(crate) fn publish_shard<R: dp_core::Rng>(
         sessions: shard.sessions_len() as u64,
         link_backlog,
         link_shed,
+        quic,
     };
     metrics.publish(index, &shard.stats(), &gauges);
 }

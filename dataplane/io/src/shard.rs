@@ -1,12 +1,14 @@
-//! One shard's thread: its listener, its connections and its links, driving a `Shard`.
+//! One shard's thread: its listener, its connections and its links, driving a `Shard`; with
+//! QUIC on, also its UDP socket and the QUIC bridge (`quic.rs`).
 
 use crate::link::{ShardLinks, WAKER};
 use crate::metrics::{self, Metrics};
+use crate::quic::{QuicBridge, QuicGauges};
 use crate::{Clock, OsRng, ServerConfig};
 use core::net::SocketAddr;
 use dp_core::Instant;
 use dp_shard::{ConnId, Shard, ShardConfig, ShardEvent, ShardId};
-use mio::net::{TcpListener, TcpStream};
+use mio::net::{TcpListener, TcpStream, UdpSocket};
 use mio::{Events, Interest, Poll, Token};
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
@@ -14,6 +16,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 const LISTENER: Token = Token(0);
+/// The QUIC socket's token (connection tokens count up from 1).
+const UDP: Token = Token(usize::MAX - 1);
+/// Datagrams received per loop iteration; more wait for the next one.
+const DATAGRAM_BUDGET: usize = 1024;
+/// Kernel buffers asked for on each QUIC socket, each way, so a burst of handshakes is not
+/// dropped before the shard reads it (the kernel caps it at `net.core.rmem_max`/`wmem_max`).
+const UDP_BUFFER_BYTES: usize = 4 << 20;
 /// Messages taken from each link per loop iteration.
 const LINK_BUDGET: usize = 1024;
 /// Connections accepted per loop iteration.
@@ -33,6 +42,29 @@ pub(crate) fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
     socket.listen(1024)?;
     socket.set_nonblocking(true)?;
     Ok(TcpListener::from_std(socket.into()))
+}
+
+/// A UDP socket with `SO_REUSEPORT`, so every shard can own one on the same port; the kernel
+/// spreads clients between them by their address.
+pub(crate) fn bind_udp(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    // Best effort: a smaller buffer only means more loss under bursts.
+    let _ = socket.set_recv_buffer_size(UDP_BUFFER_BYTES);
+    let _ = socket.set_send_buffer_size(UDP_BUFFER_BYTES);
+    socket.bind(&addr.into())?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
+}
+
+/// The QUIC side of a shard thread: its socket and the bridge.
+struct QuicIo {
+    bridge: QuicBridge,
+    socket: UdpSocket,
+    /// The receive budget ran out with datagrams possibly left: look again without sleeping.
+    more: bool,
 }
 
 /// Shard `index` of the server, configured and told the wall-clock time.
@@ -87,6 +119,7 @@ pub(crate) struct ShardThread {
     metrics: Arc<Metrics>,
     stop: Arc<AtomicBool>,
     drain_deadline: core::time::Duration,
+    quic: Option<QuicIo>,
 }
 
 impl ShardThread {
@@ -101,10 +134,24 @@ impl ShardThread {
         links: ShardLinks,
         metrics: Arc<Metrics>,
         stop: Arc<AtomicBool>,
+        udp: Option<std::net::UdpSocket>,
     ) -> io::Result<Self> {
         let shard = new_shard(index, config, routing_key, clock)?;
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
+        let quic = match udp {
+            Some(socket) => {
+                let mut socket = UdpSocket::from_std(socket);
+                poll.registry()
+                    .register(&mut socket, UDP, Interest::READABLE)?;
+                Some(QuicIo {
+                    bridge: QuicBridge::new(index, config, clock)?,
+                    socket,
+                    more: false,
+                })
+            }
+            None => None,
+        };
         Ok(Self {
             index,
             shard,
@@ -119,6 +166,7 @@ impl ShardThread {
             metrics,
             stop,
             drain_deadline: config.drain_deadline,
+            quic,
         })
     }
 
@@ -132,7 +180,15 @@ impl ShardThread {
             }
             self.publish_metrics();
             let now = self.clock.now();
-            let timeout = self.shard.poll_timeout().saturating_duration_since(now);
+            let mut wake = self.shard.poll_timeout();
+            if let Some(at) = self.quic.as_ref().and_then(|q| q.bridge.poll_timeout()) {
+                wake = wake.min(at);
+            }
+            let timeout = if self.quic.as_ref().is_some_and(|q| q.more) {
+                core::time::Duration::ZERO
+            } else {
+                wake.saturating_duration_since(now)
+            };
             let idle = self
                 .links
                 .from_shards
@@ -157,10 +213,14 @@ impl ShardThread {
                 wall_clock_at = now;
             }
             let mut writable = Vec::new();
+            if self.quic.as_ref().is_some_and(|q| q.more) {
+                self.quic_receive(now);
+            }
             for event in &events {
                 match event.token() {
                     LISTENER => self.accept(now),
                     WAKER => {}
+                    UDP => self.quic_receive(now),
                     token => {
                         let Some(&id) = self.tokens.get(&token) else {
                             continue;
@@ -175,6 +235,11 @@ impl ShardThread {
                 }
             }
             self.drain_links(now);
+            if let Some(quic) = self.quic.as_mut() {
+                quic.bridge.handle_timeout(now);
+                quic.bridge
+                    .handle_events(now, &mut self.shard, &mut self.links);
+            }
             if self.shard.poll_timeout() <= now {
                 self.shard.handle_timeout(now);
             }
@@ -186,6 +251,7 @@ impl ShardThread {
                 self.write(now, id);
             }
             self.route_events(now);
+            self.quic_transmit(now);
             for outbox in self.links.to_shards.iter_mut().flatten() {
                 outbox.flush();
             }
@@ -261,6 +327,11 @@ impl ShardThread {
 
     /// Writes what the shard has for `id`; returns false if the connection failed.
     fn write(&mut self, now: Instant, id: ConnId) -> bool {
+        if let Some(quic) = self.quic.as_mut()
+            && quic.bridge.flush(now, id, &mut self.shard, &mut self.links)
+        {
+            return true;
+        }
         loop {
             let Some(socket) = self.sockets.get_mut(&id) else {
                 return false;
@@ -302,7 +373,16 @@ impl ShardThread {
     }
 
     fn drain_links(&mut self, now: Instant) {
-        let handoffs = self.links.drain(&mut self.shard, now, LINK_BUDGET);
+        let mut relays = Vec::new();
+        let handoffs = self
+            .links
+            .drain(&mut self.shard, now, LINK_BUDGET, &mut relays);
+        if let Some(quic) = self.quic.as_mut() {
+            for (from, relay) in relays {
+                quic.bridge
+                    .handle_relay(now, from, relay, &mut self.shard, &mut self.links);
+            }
+        }
         for (handoff, stream) in handoffs {
             match self.shard.adopt(now, *handoff) {
                 Some(id) => {
@@ -320,11 +400,61 @@ impl ShardThread {
 
     /// Publishes this shard's counters (once per loop iteration, before it may sleep).
     fn publish_metrics(&self) {
-        metrics::publish_shard(&self.metrics, self.index, &self.shard, &self.links);
+        let quic = self
+            .quic
+            .as_ref()
+            .map_or_else(QuicGauges::default, |q| q.bridge.gauges());
+        metrics::publish_shard(&self.metrics, self.index, &self.shard, &self.links, quic);
+    }
+
+    /// Takes datagrams from the QUIC socket, up to the budget.
+    fn quic_receive(&mut self, now: Instant) {
+        let Some(quic) = self.quic.as_mut() else {
+            return;
+        };
+        quic.more = false;
+        for _ in 0..DATAGRAM_BUDGET {
+            match quic.socket.recv_from(&mut self.read_buf) {
+                Ok((n, from)) => quic.bridge.handle_datagram(now, from, &self.read_buf[..n]),
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => return,
+                // ICMP errors for earlier sends, interruptions: the next datagram may be fine.
+                Err(_) => {}
+            }
+        }
+        quic.more = true;
+    }
+
+    /// Sends what the QUIC server has (GSO batches as one `sendmsg` where the kernel can).
+    fn quic_transmit(&mut self, now: Instant) {
+        if let Some(quic) = self.quic.as_mut() {
+            quic.bridge.transmit(now, &quic.socket);
+        }
     }
 
     fn route_events(&mut self, now: Instant) {
         while let Some(event) = self.shard.poll_event() {
+            if let Some(quic) = self.quic.as_mut() {
+                let taken = match &event {
+                    ShardEvent::Close { conn, reason } => quic.bridge.handle_close(
+                        now,
+                        *conn,
+                        *reason,
+                        &mut self.shard,
+                        &mut self.links,
+                    ),
+                    ShardEvent::HandOff { conn, to } => quic.bridge.handle_handoff(
+                        now,
+                        *conn,
+                        *to,
+                        &mut self.shard,
+                        &mut self.links,
+                    ),
+                    _ => false,
+                };
+                if taken {
+                    continue;
+                }
+            }
             match event {
                 ShardEvent::Close { conn, .. } => {
                     self.write(now, conn);
@@ -346,6 +476,9 @@ impl ShardThread {
 
     fn shut_down(&mut self) {
         let _ = self.poll.registry().deregister(&mut self.listener);
+        if let Some(quic) = self.quic.as_mut() {
+            quic.bridge.stop_accepting();
+        }
         self.shard.handle_shutdown(1_000);
         let deadline = std::time::Instant::now() + self.drain_deadline;
         let ids: Vec<ConnId> = self.sockets.keys().copied().collect();
@@ -360,6 +493,9 @@ impl ShardThread {
                 if self.write(now, *id) && !self.shard.poll_transmit(now, *id).is_empty() {
                     pending = true;
                 }
+            }
+            if self.quic.is_some() && self.quic_shutdown_step(now) {
+                pending = true;
             }
             if !pending {
                 break;
@@ -377,10 +513,32 @@ impl ShardThread {
                 }
             }
         }
+        if let Some(quic) = self.quic.as_mut() {
+            let _ = self.poll.registry().deregister(&mut quic.socket);
+        }
         for id in ids {
             self.forget(id);
             self.shard.handle_closed(id);
         }
         self.links.to_control.flush();
+    }
+
+    /// One turn of shutting down QUIC: GoAway and what else is queued goes out on every QUIC
+    /// connection (relayed ones through their accepting shard), then each closes with
+    /// `SHUTTING_DOWN`. TCP connections' closes are left to the caller's loop. True while
+    /// this shard still holds QUIC connections (closing ones wait for their acknowledgements).
+    fn quic_shutdown_step(&mut self, now: Instant) -> bool {
+        self.quic_receive(now);
+        self.drain_links(now);
+        let Some(quic) = self.quic.as_mut() else {
+            return false;
+        };
+        quic.bridge
+            .drive_shutdown(now, &mut self.shard, &mut self.links);
+        self.quic_transmit(now);
+        for outbox in self.links.to_shards.iter_mut().flatten() {
+            outbox.flush();
+        }
+        self.quic.as_ref().is_some_and(|q| q.bridge.busy())
     }
 }

@@ -15,10 +15,16 @@
 //! glommio's sockets submit readiness polls through io_uring and move bytes with non-blocking
 //! `recv`/`send`, so no read is ever in flight with a buffer the kernel still owns: a socket
 //! can be handed to another shard at any point between reads.
+//!
+//! With QUIC on, a **datagram task** receives on the shard's UDP socket (glommio's
+//! `recv_from`: a direct `recvmsg` first, io_uring when nothing is there) into the QUIC bridge
+//! (`quic.rs`, shared with epoll) and kicks the main task, which sends what the bridge has with
+//! non-blocking `send_to` on a duplicate of the socket.
 
 use crate::backend::{StartError, UringUnavailable};
 use crate::link::{ShardLinks, TaskBell};
 use crate::metrics::{self, Metrics};
+use crate::quic::{QuicBridge, QuicGauges};
 use crate::{Clock, OsRng, ServerConfig};
 use core::cell::RefCell;
 use core::net::SocketAddr;
@@ -64,6 +70,8 @@ const BUSY_PAUSE: Duration = Duration::from_micros(10);
 pub(crate) struct UringShard {
     index: usize,
     shard: Shard<OsRng>,
+    /// With QUIC on: the bridge and the shard's UDP socket.
+    quic: Option<(QuicBridge, std::net::UdpSocket)>,
     clock: Clock,
     listen: SocketAddr,
     links: ShardLinks,
@@ -85,11 +93,17 @@ impl UringShard {
         metrics: Arc<Metrics>,
         bell: Arc<TaskBell>,
         stop: Arc<AtomicBool>,
+        udp: Option<std::net::UdpSocket>,
     ) -> io::Result<Self> {
         let shard = crate::shard::new_shard(index, config, routing_key, clock)?;
+        let quic = match udp {
+            Some(socket) => Some((QuicBridge::new(index, config, clock)?, socket)),
+            None => None,
+        };
         Ok(Self {
             index,
             shard,
+            quic,
             clock,
             listen,
             links,
@@ -141,6 +155,7 @@ impl UringShard {
         let Self {
             index,
             shard,
+            quic,
             clock,
             links,
             metrics,
@@ -149,9 +164,28 @@ impl UringShard {
             drain_deadline,
             ..
         } = self;
+        let (quic, udp) = match quic {
+            Some((bridge, socket)) => match socket.try_clone() {
+                Ok(sender) => {
+                    let receiver = glommio::net::UdpSocket::from(socket2_04::Socket::from(socket));
+                    (Some(bridge), Some((sender, receiver)))
+                }
+                Err(error) => {
+                    eprintln!("shard {index}: QUIC socket: {error}");
+                    (None, None)
+                }
+            },
+            None => (None, None),
+        };
+        let (udp_send, udp_receive) = match udp {
+            Some((sender, receiver)) => (Some(sender), Some(receiver)),
+            None => (None, None),
+        };
         let driver = Rc::new(RefCell::new(Driver {
             index,
             shard,
+            quic,
+            udp_send,
             clock,
             links,
             metrics,
@@ -163,10 +197,14 @@ impl UringShard {
             wall_clock_at: clock.now(),
         }));
         let acceptor = glommio::spawn_local(accept_loop(Rc::clone(&driver), listener));
+        let receiver = udp_receive
+            .map(|socket| glommio::spawn_local(datagram_loop(Rc::clone(&driver), socket)));
         main_loop(&driver, &bell, &stop).await;
         // Dropping the accept task cancels it and closes the listener.
         drop(acceptor);
         shut_down(&driver, drain_deadline).await;
+        // QUIC needed its datagrams (acknowledgements) until the end of the shutdown.
+        drop(receiver);
     }
 }
 
@@ -198,6 +236,9 @@ struct Socket {
 struct Driver {
     index: usize,
     shard: Shard<OsRng>,
+    quic: Option<QuicBridge>,
+    /// The QUIC socket's duplicate that the main task sends on (non-blocking).
+    udp_send: Option<std::net::UdpSocket>,
     clock: Clock,
     links: ShardLinks,
     metrics: Arc<Metrics>,
@@ -270,6 +311,30 @@ async fn accept_loop(driver: Rc<RefCell<Driver>>, listener: TcpListener) {
     }
 }
 
+/// Receives QUIC datagrams into the bridge, one at a time, kicking the main task.
+async fn datagram_loop(driver: Rc<RefCell<Driver>>, socket: glommio::net::UdpSocket) {
+    let mut buf = vec![0u8; READ_CHUNK];
+    let mut backoff = Timer::new(Duration::from_millis(1));
+    loop {
+        match socket.recv_from(&mut buf).await {
+            Ok((n, from)) => {
+                let mut d = driver.borrow_mut();
+                let now = d.clock.now();
+                if let Some(quic) = d.quic.as_mut() {
+                    quic.handle_datagram(now, from, &buf[..n]);
+                }
+                d.kick();
+            }
+            // An ICMP error for an earlier send: the next datagram may be fine. Anything
+            // else: pause, so a failing socket cannot spin the executor.
+            Err(_) => {
+                backoff.reset(Duration::from_millis(1));
+                (&mut backoff).await;
+            }
+        }
+    }
+}
+
 async fn conn_task(driver: Rc<RefCell<Driver>>, id: ConnId) {
     core::future::poll_fn(|cx| driver.borrow_mut().poll_conn(cx, id)).await;
 }
@@ -284,6 +349,10 @@ impl Driver {
             self.wall_clock_at = now;
         }
         self.drain_links(now);
+        if let Some(quic) = self.quic.as_mut() {
+            quic.handle_timeout(now);
+            quic.handle_events(now, &mut self.shard, &mut self.links);
+        }
         if self.shard.poll_timeout() <= now {
             self.shard.handle_timeout(now);
         }
@@ -292,11 +361,16 @@ impl Driver {
             self.write(now, id);
         }
         self.route_events(now);
+        self.quic_transmit(now);
         for outbox in self.links.to_shards.iter_mut().flatten() {
             outbox.flush();
         }
         self.links.to_control.flush();
-        metrics::publish_shard(&self.metrics, self.index, &self.shard, &self.links);
+        let quic = self
+            .quic
+            .as_ref()
+            .map_or_else(QuicGauges::default, QuicBridge::gauges);
+        metrics::publish_shard(&self.metrics, self.index, &self.shard, &self.links, quic);
         let idle = self
             .links
             .from_shards
@@ -308,12 +382,19 @@ impl Driver {
             return None;
         }
         let now = self.clock.now();
-        Some(
-            self.shard
-                .poll_timeout()
-                .saturating_duration_since(now)
-                .min(IDLE_MAX),
-        )
+        let mut wake = self.shard.poll_timeout();
+        if let Some(at) = self.quic.as_ref().and_then(QuicBridge::poll_timeout) {
+            wake = wake.min(at);
+        }
+        Some(wake.saturating_duration_since(now).min(IDLE_MAX))
+    }
+
+    /// Sends what the QUIC bridge has with non-blocking sends on the socket's duplicate (GSO
+    /// batches as one `sendmsg` where the kernel can).
+    fn quic_transmit(&mut self, now: Instant) {
+        if let (Some(quic), Some(socket)) = (self.quic.as_mut(), self.udp_send.as_ref()) {
+            quic.transmit(now, socket);
+        }
     }
 
     fn kick(&mut self) {
@@ -397,6 +478,11 @@ impl Driver {
 
     /// Writes what the shard has for `id`; returns false if the connection failed.
     fn write(&mut self, now: Instant, id: ConnId) -> bool {
+        if let Some(quic) = self.quic.as_mut()
+            && quic.flush(now, id, &mut self.shard, &mut self.links)
+        {
+            return true;
+        }
         loop {
             let Some(socket) = self.sockets.get_mut(&id) else {
                 return false;
@@ -428,7 +514,15 @@ impl Driver {
     }
 
     fn drain_links(&mut self, now: Instant) {
-        let handoffs = self.links.drain(&mut self.shard, now, LINK_BUDGET);
+        let mut relays = Vec::new();
+        let handoffs = self
+            .links
+            .drain(&mut self.shard, now, LINK_BUDGET, &mut relays);
+        if let Some(quic) = self.quic.as_mut() {
+            for (from, relay) in relays {
+                quic.handle_relay(now, from, relay, &mut self.shard, &mut self.links);
+            }
+        }
         for (handoff, stream) in handoffs {
             let Some(id) = self.shard.adopt(now, *handoff) else {
                 continue;
@@ -449,6 +543,21 @@ impl Driver {
 
     fn route_events(&mut self, now: Instant) {
         while let Some(event) = self.shard.poll_event() {
+            if let Some(quic) = self.quic.as_mut() {
+                let (shard, links) = (&mut self.shard, &mut self.links);
+                let taken = match &event {
+                    ShardEvent::Close { conn, reason } => {
+                        quic.handle_close(now, *conn, *reason, shard, links)
+                    }
+                    ShardEvent::HandOff { conn, to } => {
+                        quic.handle_handoff(now, *conn, *to, shard, links)
+                    }
+                    _ => false,
+                };
+                if taken {
+                    continue;
+                }
+            }
             match event {
                 ShardEvent::Close { conn, .. } => {
                     self.write(now, conn);
@@ -477,6 +586,9 @@ impl Driver {
 async fn shut_down(driver: &Rc<RefCell<Driver>>, drain_deadline: Duration) {
     let ids: Vec<ConnId> = {
         let mut d = driver.borrow_mut();
+        if let Some(quic) = d.quic.as_mut() {
+            quic.stop_accepting();
+        }
         d.shard.handle_shutdown(1_000);
         d.sockets.keys().copied().collect()
     };
@@ -493,6 +605,9 @@ async fn shut_down(driver: &Rc<RefCell<Driver>>, drain_deadline: Duration) {
                     pending = true;
                 }
             }
+            if d.quic.is_some() && d.quic_shutdown_step(now) {
+                pending = true;
+            }
             pending
         };
         if !pending {
@@ -507,6 +622,23 @@ async fn shut_down(driver: &Rc<RefCell<Driver>>, drain_deadline: Duration) {
         d.shard.handle_closed(id);
     }
     d.links.to_control.flush();
+}
+
+impl Driver {
+    /// One turn of shutting down QUIC (see the epoll backend's): true while this shard still
+    /// holds QUIC connections.
+    fn quic_shutdown_step(&mut self, now: Instant) -> bool {
+        self.drain_links(now);
+        let Some(quic) = self.quic.as_mut() else {
+            return false;
+        };
+        quic.drive_shutdown(now, &mut self.shard, &mut self.links);
+        self.quic_transmit(now);
+        for outbox in self.links.to_shards.iter_mut().flatten() {
+            outbox.flush();
+        }
+        self.quic.as_ref().is_some_and(QuicBridge::busy)
+    }
 }
 
 /// Which CPU shard `index` is pinned to: the process's allowed CPUs, round robin.

@@ -16,8 +16,8 @@ use std::time::Duration;
 /// Command-line settings; each overrides the config file.
 #[derive(Debug, Args)]
 pub(crate) struct ServeArgs {
-    /// A TOML config file (keys: listen, shards, backend, data_dir, key, key_grace_secs, store,
-    /// api_listen,
+    /// A TOML config file (keys: listen, quic_listen, shards, backend, data_dir, key,
+    /// key_grace_secs, store, api_listen,
     /// idle_timeout_secs, outbound_bytes_max, inflight_max, conns_per_source_max, drain_deadline_secs,
     /// metrics_listen).
     #[arg(long)]
@@ -25,6 +25,10 @@ pub(crate) struct ServeArgs {
     /// Address to listen on (TCP), e.g. 0.0.0.0:7443; port 0 picks a free port.
     #[arg(long)]
     listen: Option<SocketAddr>,
+    /// Also serve the QUIC carrier on this UDP address, e.g. 0.0.0.0:7443 (the same sessions
+    /// and frames over QUIC); port 0 picks a free port. Off unless given.
+    #[arg(long, value_name = "ADDR")]
+    quic_listen: Option<SocketAddr>,
     /// Shards (threads); default one per core.
     #[arg(long)]
     shards: Option<u16>,
@@ -59,6 +63,7 @@ pub(crate) struct ServeArgs {
 #[serde(deny_unknown_fields)]
 struct FileConfig {
     listen: Option<SocketAddr>,
+    quic_listen: Option<SocketAddr>,
     shards: Option<u16>,
     backend: Option<String>,
     data_dir: Option<PathBuf>,
@@ -145,6 +150,7 @@ pub(crate) fn run(args: ServeArgs) -> Result<()> {
         config.drain_deadline = Duration::from_secs(secs);
     }
     config.metrics_listen = args.metrics_listen.or(file.metrics_listen);
+    config.quic_listen = args.quic_listen.or(file.quic_listen);
     // Before the server starts and says where it listens, so a signal sent as soon as it has
     // said so stops it gracefully rather than killing it.
     let mut signals = signal_hook::iterator::Signals::new([
@@ -180,6 +186,9 @@ pub(crate) fn run(args: ServeArgs) -> Result<()> {
         server.local_addr(),
         server.backend()
     );
+    if let Some(addr) = server.quic_addr() {
+        println!("QUIC on udp {addr}");
+    }
     if let Some(reason) = server.fallback_reason() {
         say!("io_uring is unavailable, so epoll runs: {reason}");
     }

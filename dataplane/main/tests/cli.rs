@@ -146,6 +146,14 @@ fn serve_config_key_backend_epoll_runs_on_epoll() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// Goal: `--quic-listen` serves QUIC beside TCP, and `serve` still starts, accepts and stops
+/// cleanly (the QUIC side is tested end to end in `dataplane/io/tests/quic.rs`).
+#[test]
+fn serve_quic_listen_starts_and_stops() {
+    let line = serve_accepts_and_stops("serve-quic", &["--quic-listen", "127.0.0.1:0"]);
+    assert!(line.ends_with("backend)"), "{line}");
+}
+
 /// Goal: a misspelt backend is refused before anything starts, naming the choices.
 #[test]
 fn serve_refuses_an_unknown_backend() {
