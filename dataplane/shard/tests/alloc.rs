@@ -3,16 +3,17 @@
 //! sender's record in, sealing the Deliver for the recipient (and keeping its copy until
 //! acknowledged), taking the recipient's DeliveryAck in, and sealing the SendAck for the
 //! sender — while two devices exchange 1 KiB messages after a warm-up, on one shard and across
-//! two (where the envelope crosses in a recycled box and the box comes back with the outcome).
+//! two (where the envelope crosses in a recycled box and the box comes back with the outcome),
+//! and for a conversation message fanned out to two members on the conversation's home shard.
 #![allow(unsafe_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 
 use common::*;
-use dp_core::MessageId;
+use dp_core::{ConversationId, MessageId};
 use dp_noise::StreamSession;
 use dp_proto::{DeliveryAck, Frame, MessageIds, Recipient, SendFrame};
-use dp_shard::ShardEvent;
+use dp_shard::{ShardEvent, conversation_home};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
@@ -186,4 +187,70 @@ fn relaying_across_shards_allocates_nothing_at_steady_state() {
     assert_eq!(allocations, 0, "allocations while relaying 2 000 messages");
     assert_eq!(w.shards[0].stats().routed_remote, 2_064);
     assert_eq!(w.shards[1].stats().delivered_local, 2_064);
+}
+
+#[test]
+fn fanning_out_a_conversation_message_allocates_nothing_at_steady_state() {
+    let mut w = World::new();
+    // Enough sequence numbers that no lookup happens while counting.
+    w.seq_block = 1 << 20;
+    let a = w.connect(0, 0, xk());
+    let b = w.connect(0, 0, xk());
+    let c = w.connect(0, 0, xk());
+    let conv = (1..)
+        .find(|&id| conversation_home(ConversationId(id), SHARDS, KEY).0 == 0)
+        .unwrap();
+    w.set_conversation(conv, &[a, b, c]);
+    // Warm-up through the world (the first message asks control for the members).
+    for i in 0..64u8 {
+        w.send_to_conversation(a, conv, i, &[0x42; 1024]);
+    }
+    let body = vec![0x42u8; 1024];
+    let mut records = Vec::new();
+    for i in 1_000..3_000u32 {
+        let ids = [message_id(i)];
+        let send = Frame::Send(SendFrame {
+            message: ids[0],
+            recipient: Recipient::Conversation(ConversationId(conv)),
+            body: &body,
+        });
+        let ack = Frame::DeliveryAck(DeliveryAck {
+            messages: MessageIds::new(&ids),
+        });
+        let records_for = (
+            seal(&mut w, a, &send),
+            seal(&mut w, b, &ack),
+            seal(&mut w, c, &ack),
+        );
+        records.push(records_for);
+    }
+    let (ca, cb, cc) = (w.clients[a].conn, w.clients[b].conn, w.clients[c].conn);
+    let now = w.now;
+    let s = &mut w.shards[0];
+    let sends_before = s.stats().conversation_sends;
+    COUNT.with(|count| count.set(0));
+    for (send, ack_b, ack_c) in &records {
+        ARMED.with(|armed| armed.set(true));
+        s.handle_received(now, ca, send);
+        let to_b = s.poll_transmit(now, cb).len();
+        s.handle_written(cb, to_b);
+        let to_c = s.poll_transmit(now, cc).len();
+        s.handle_written(cc, to_c);
+        s.handle_received(now, cb, ack_b);
+        s.handle_received(now, cc, ack_c);
+        let send_ack = s.poll_transmit(now, ca).len();
+        s.handle_written(ca, send_ack);
+        ARMED.with(|armed| armed.set(false));
+        assert!(
+            to_b > 1024 && to_c > 1024 && send_ack > 0,
+            "two Delivers and a SendAck"
+        );
+        assert!(s.poll_event().is_none(), "a local fan-out raises no event");
+    }
+    let allocations = COUNT.with(Cell::get);
+    assert_eq!(
+        allocations, 0,
+        "allocations while fanning out 2 000 messages"
+    );
+    assert_eq!(s.stats().conversation_sends - sends_before, 2_000);
 }

@@ -117,6 +117,8 @@ pub struct World {
     pub seq_next: BTreeMap<u64, u64>,
     /// Lookups control answered.
     pub lookups: u64,
+    /// Sequence numbers control hands out per lookup.
+    pub seq_block: u64,
 }
 
 use dp_noise::StreamSession;
@@ -168,6 +170,7 @@ impl World {
             muted: BTreeSet::new(),
             seq_next: BTreeMap::new(),
             lookups: 0,
+            seq_block: SEQ_BLOCK,
         }
     }
 
@@ -545,8 +548,8 @@ impl World {
                 let answer = match self.conversations.get(&conversation.0) {
                     Some(devices) => {
                         let next = self.seq_next.entry(conversation.0).or_insert(1);
-                        let seq = *next..*next + SEQ_BLOCK;
-                        *next += SEQ_BLOCK;
+                        let seq = *next..*next + self.seq_block;
+                        *next += self.seq_block;
                         let members = devices
                             .iter()
                             .map(|&device| Member {
