@@ -48,6 +48,8 @@ pub const CONVERSATION_CACHE_TTL: Duration = Duration::from_secs(30);
 /// The most member devices a conversation's answer may list (1000 members × 16 devices, the
 /// control plane's defaults, fit); the rest are ignored.
 pub const MEMBER_DEVICES_MAX: usize = 16_384;
+/// The most member ids a recycled envelope box keeps room for.
+pub(crate) const SPARE_MEMBERS_CAPACITY_MAX: usize = 1024;
 /// Bytes of message ids one receipt carries.
 pub(crate) const RECEIPT_BYTES_MAX: usize = RECEIPTS_PER_FRAME_MAX * 16;
 
@@ -88,6 +90,8 @@ pub enum ConversationAnswer {
 pub(crate) enum Stage {
     /// To its conversation's home shard, to be checked and fanned out.
     ToConversation,
+    /// To the home shard of the member devices it lists, to be copied to each.
+    ToMembers,
     /// To its recipient's home shard.
     ToDevice,
 }
@@ -160,6 +164,10 @@ pub(crate) struct Table {
     slots: Vec<Slot>,
     free: Vec<u32>,
     tick: u64,
+    /// One batch per shard while a message is fanned out (reused, so a steady fan-out
+    /// allocates nothing).
+    #[allow(clippy::vec_box)]
+    batches: Vec<Option<Box<Envelope>>>,
 }
 
 impl Table {
@@ -419,6 +427,11 @@ fn fan_out<R: Rng>(shard: &mut Shard<R>, envelope: Box<Envelope>) {
             }
         }
     }
+    if envelope.signal != Signal::None {
+        origin = envelope.origin;
+    }
+    let mut batches = core::mem::take(&mut shard.conversations.batches);
+    batches.resize_with(usize::from(shard.config.shard_count), || None);
     for member in &members {
         if member.device == envelope.sender {
             continue;
@@ -426,32 +439,65 @@ fn fan_out<R: Rng>(shard: &mut Shard<R>, envelope: Box<Envelope>) {
         let mut copy = envelope.borrowed();
         copy.recipient = member.device;
         copy.seq = seq;
-        copy.stage = Stage::ToDevice;
-        if envelope.signal != Signal::None {
-            copy.origin = envelope.origin;
-            route_signal(shard, &copy);
-            continue;
-        }
         copy.origin = origin;
-        shard.stats.conversation_copies += 1;
         let home = home_shard(
             member.device,
             shard.config.shard_count,
             shard.config.routing_key,
         );
-        let boxed = copy.to_boxed(shard);
         if home == shard.config.shard {
-            route::deliver_or_store(shard, boxed);
-        } else {
+            copy.stage = Stage::ToDevice;
+            to_local_member(shard, &copy);
+            continue;
+        }
+        // Members on another shard travel as one batch per shard.
+        let Some(batch) = batches.get_mut(usize::from(home.0)) else {
+            continue;
+        };
+        if batch.is_none() {
+            copy.stage = Stage::ToMembers;
+            copy.recipient = DeviceId([0; 16]);
+            *batch = Some(copy.to_boxed(shard));
+        }
+        if let Some(batch) = batch {
+            batch.members.push(member.device);
+        }
+    }
+    for (to, batch) in batches.iter_mut().enumerate() {
+        if let Some(batch) = batch.take() {
             shard.stats.routed_remote += 1;
             shard.events.push_back(ShardEvent::ToShard {
-                to: home,
-                message: ShardMessage::Envelope(boxed),
+                to: ShardId(u16::try_from(to).unwrap_or(u16::MAX)),
+                message: ShardMessage::Envelope(batch),
             });
         }
     }
+    shard.conversations.batches = batches;
     restore(shard, conversation, members);
     recycle(shard, envelope);
+}
+
+/// One copy for a member homed here: a message is delivered or stored, a signal goes to the
+/// member's session if it has one.
+fn to_local_member<R: Rng>(shard: &mut Shard<R>, copy: &EnvelopeRef<'_>) {
+    if copy.signal == Signal::None {
+        shard.stats.conversation_copies += 1;
+        let boxed = copy.to_boxed(shard);
+        route::deliver_or_store(shard, boxed);
+    } else {
+        deliver_signal_ref(shard, copy);
+    }
+}
+
+/// A batch from a conversation's home shard: one copy for each member it lists.
+pub(crate) fn copy_to_members<R: Rng>(shard: &mut Shard<R>, batch: Box<Envelope>) {
+    for &device in &batch.members {
+        let mut copy = batch.borrowed();
+        copy.recipient = device;
+        copy.stage = Stage::ToDevice;
+        to_local_member(shard, &copy);
+    }
+    recycle(shard, batch);
 }
 
 fn restore<R: Rng>(shard: &mut Shard<R>, conversation: ConversationId, members: Vec<Member>) {
@@ -460,28 +506,7 @@ fn restore<R: Rng>(shard: &mut Shard<R>, conversation: ConversationId, members: 
     }
 }
 
-fn route_signal<R: Rng>(shard: &mut Shard<R>, copy: &EnvelopeRef<'_>) {
-    let home = home_shard(
-        copy.recipient,
-        shard.config.shard_count,
-        shard.config.routing_key,
-    );
-    if home == shard.config.shard {
-        deliver_signal_ref(shard, copy);
-    } else {
-        let boxed = copy.to_boxed(shard);
-        shard.events.push_back(ShardEvent::ToShard {
-            to: home,
-            message: ShardMessage::Envelope(boxed),
-        });
-    }
-}
-
 /// A signal for a device homed here: to its session if it has one and room, else dropped.
-pub(crate) fn deliver_signal<R: Rng>(shard: &mut Shard<R>, envelope: &Envelope) {
-    deliver_signal_ref(shard, &envelope.borrowed());
-}
-
 fn deliver_signal_ref<R: Rng>(shard: &mut Shard<R>, copy: &EnvelopeRef<'_>) {
     let Some(conn) = shard.online.get(&copy.recipient).map(|online| online.conn) else {
         shard.stats.signals_dropped += 1;

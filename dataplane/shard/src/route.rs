@@ -65,6 +65,9 @@ pub struct Envelope {
     pub(crate) stage: Stage,
     /// A typing indicator or receipt (best effort, never stored) instead of a message.
     pub(crate) signal: Signal,
+    /// For [`Stage::ToMembers`]: the member devices homed on the receiving shard, one copy
+    /// each (so a fan-out spends one link credit per shard, not per member).
+    pub(crate) members: Vec<DeviceId>,
 }
 
 /// An envelope borrowed from a received frame, copied only if it must outlive it.
@@ -106,6 +109,7 @@ impl EnvelopeRef<'_> {
         boxed.counted = 0;
         boxed.stage = self.stage;
         boxed.signal = self.signal;
+        boxed.members.clear();
         boxed
     }
 }
@@ -114,6 +118,7 @@ impl EnvelopeRef<'_> {
 pub(crate) fn recycle<R: Rng>(shard: &mut Shard<R>, envelope: Box<Envelope>) {
     if shard.spare_envelopes.len() < crate::conn::SPARE_ENVELOPES_MAX
         && envelope.body.capacity() <= crate::conn::SPARE_BODY_CAPACITY_MAX
+        && envelope.members.capacity() <= conversation::SPARE_MEMBERS_CAPACITY_MAX
     {
         shard.spare_envelopes.push(envelope);
     }
@@ -142,6 +147,7 @@ impl Envelope {
             counted: 0,
             stage: Stage::ToDevice,
             signal: Signal::None,
+            members: Vec::new(),
         }
     }
 
@@ -397,9 +403,8 @@ fn store<R: Rng>(shard: &mut Shard<R>, mut envelope: Box<Envelope>) {
 pub(crate) fn from_shard<R: Rng>(shard: &mut Shard<R>, now: Instant, envelope: Box<Envelope>) {
     if envelope.stage == Stage::ToConversation {
         conversation::submit(shard, now, envelope);
-    } else if envelope.signal != Signal::None {
-        conversation::deliver_signal(shard, &envelope);
-        recycle(shard, envelope);
+    } else if envelope.stage == Stage::ToMembers {
+        conversation::copy_to_members(shard, envelope);
     } else {
         deliver_or_store(shard, envelope);
     }
@@ -553,6 +558,19 @@ pub(crate) fn refuse<R: Rng>(shard: &mut Shard<R>, envelope: &Envelope) {
         return;
     }
     shard.stats.refused += 1;
+    if envelope.stage == Stage::ToMembers {
+        // Every copy the batch stood for is refused.
+        for _ in &envelope.members {
+            acknowledge(
+                shard,
+                envelope.origin,
+                envelope.message,
+                SendStatus::Retry,
+                None,
+            );
+        }
+        return;
+    }
     if let Some(online) = shard.online.get_mut(&envelope.recipient)
         && envelope.counted != 0
         && envelope.counted == online.epoch
