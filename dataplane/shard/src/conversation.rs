@@ -89,11 +89,11 @@ pub enum ConversationAnswer {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Stage {
     /// To its conversation's home shard, to be checked and fanned out.
-    ToConversation,
+    Conversation,
     /// To the home shard of the member devices it lists, to be copied to each.
-    ToMembers,
+    Members,
     /// To its recipient's home shard.
-    ToDevice,
+    Device,
 }
 
 /// A best-effort signal travelling as an envelope.
@@ -255,7 +255,7 @@ pub(crate) fn signal<R: Rng>(
         sent_at_ms: shard.unix_ms(now),
         body,
         origin: Origin::session(shard.config.shard, id),
-        stage: Stage::ToConversation,
+        stage: Stage::Conversation,
         signal,
     };
     submit_ref(shard, now, &envelope);
@@ -446,7 +446,7 @@ fn fan_out<R: Rng>(shard: &mut Shard<R>, envelope: Box<Envelope>) {
             shard.config.routing_key,
         );
         if home == shard.config.shard {
-            copy.stage = Stage::ToDevice;
+            copy.stage = Stage::Device;
             to_local_member(shard, &copy);
             continue;
         }
@@ -455,7 +455,7 @@ fn fan_out<R: Rng>(shard: &mut Shard<R>, envelope: Box<Envelope>) {
             continue;
         };
         if batch.is_none() {
-            copy.stage = Stage::ToMembers;
+            copy.stage = Stage::Members;
             copy.recipient = DeviceId([0; 16]);
             *batch = Some(copy.to_boxed(shard));
         }
@@ -494,7 +494,7 @@ pub(crate) fn copy_to_members<R: Rng>(shard: &mut Shard<R>, batch: Box<Envelope>
     for &device in &batch.members {
         let mut copy = batch.borrowed();
         copy.recipient = device;
-        copy.stage = Stage::ToDevice;
+        copy.stage = Stage::Device;
         to_local_member(shard, &copy);
     }
     recycle(shard, batch);

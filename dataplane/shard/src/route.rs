@@ -65,7 +65,7 @@ pub struct Envelope {
     pub(crate) stage: Stage,
     /// A typing indicator or receipt (best effort, never stored) instead of a message.
     pub(crate) signal: Signal,
-    /// For [`Stage::ToMembers`]: the member devices homed on the receiving shard, one copy
+    /// For [`Stage::Members`]: the member devices homed on the receiving shard, one copy
     /// each (so a fan-out spends one link credit per shard, not per member).
     pub(crate) members: Vec<DeviceId>,
 }
@@ -145,7 +145,7 @@ impl Envelope {
             body,
             origin: Origin::session(ShardId(0), ConnId::DANGLING),
             counted: 0,
-            stage: Stage::ToDevice,
+            stage: Stage::Device,
             signal: Signal::None,
             members: Vec::new(),
         }
@@ -328,7 +328,7 @@ fn handle_send<R: Rng>(
                 sent_at_ms: shard.unix_ms(now),
                 body: send.body,
                 origin: Origin::session(shard.config.shard, id),
-                stage: Stage::ToConversation,
+                stage: Stage::Conversation,
                 signal: Signal::None,
             };
             conversation::submit_ref(shard, now, &envelope);
@@ -350,7 +350,7 @@ fn handle_send<R: Rng>(
         sent_at_ms,
         body: send.body,
         origin: Origin::session(shard.config.shard, id),
-        stage: Stage::ToDevice,
+        stage: Stage::Device,
         signal: Signal::None,
     };
     if home == shard.config.shard {
@@ -401,9 +401,9 @@ fn store<R: Rng>(shard: &mut Shard<R>, mut envelope: Box<Envelope>) {
 /// An envelope from another shard: a conversation message for its home here, a typing
 /// indicator or receipt, or an envelope for a device homed here.
 pub(crate) fn from_shard<R: Rng>(shard: &mut Shard<R>, now: Instant, envelope: Box<Envelope>) {
-    if envelope.stage == Stage::ToConversation {
+    if envelope.stage == Stage::Conversation {
         conversation::submit(shard, now, envelope);
-    } else if envelope.stage == Stage::ToMembers {
+    } else if envelope.stage == Stage::Members {
         conversation::copy_to_members(shard, envelope);
     } else {
         deliver_or_store(shard, envelope);
@@ -558,7 +558,7 @@ pub(crate) fn refuse<R: Rng>(shard: &mut Shard<R>, envelope: &Envelope) {
         return;
     }
     shard.stats.refused += 1;
-    if envelope.stage == Stage::ToMembers {
+    if envelope.stage == Stage::Members {
         // Every copy the batch stood for is refused.
         for _ in &envelope.members {
             acknowledge(

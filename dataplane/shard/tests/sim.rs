@@ -393,30 +393,6 @@ impl Run {
             "{} envelopes left in storage",
             self.w.stored.len()
         );
-        let conv_sent = self.sent.values().filter(|s| s.to == CONV).count();
-        let conv_acked = self
-            .sent
-            .values()
-            .filter(|s| s.to == CONV && s.acked.is_some())
-            .count();
-        let conv_retry = self
-            .sent
-            .values()
-            .filter(|s| s.to == CONV && s.retry)
-            .count();
-        eprintln!(
-            "conv sent {conv_sent} acked {conv_acked} retry {conv_retry} lookups {} refused {:?}",
-            self.w.lookups,
-            self.w
-                .shards
-                .iter()
-                .map(|s| (
-                    s.stats().conversation_sends,
-                    s.stats().refused,
-                    s.stats().conversation_refused
-                ))
-                .collect::<Vec<_>>()
-        );
         assert!(
             self.sent
                 .values()
