@@ -28,9 +28,9 @@ const SEQ_BLOCK: u64 = 1024;
 /// Conversations the in-memory control keeps.
 pub const CONVERSATIONS_DEFINED_MAX: usize = 1 << 16;
 
-/// The in-memory control's conversations: a handle from [`Server::conversations`]
-/// (crate::Server::conversations) to define them. Each change reaches every shard as
-/// `ConversationChanged`, so the next message sees it.
+/// The in-memory control's conversations: a handle from
+/// [`Server::conversations`](crate::Server::conversations) to define them. Each change reaches
+/// every shard as `ConversationChanged`, so the next message sees it.
 #[derive(Clone)]
 pub struct Conversations {
     inner: Arc<Mutex<Defined>>,

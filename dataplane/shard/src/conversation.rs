@@ -45,6 +45,9 @@ pub const FANOUTS_MAX: usize = 16_384;
 /// through the API invalidate it at once; this bounds staleness for what does not (a device
 /// added to a member's account, a friendship ended).
 pub const CONVERSATION_CACHE_TTL: Duration = Duration::from_secs(30);
+/// Member devices one shard keeps cached over all its conversations (about 24 MiB); past it
+/// the least recently used conversations are forgotten.
+pub const CACHED_MEMBER_DEVICES_MAX: usize = 1 << 20;
 /// The most member devices a conversation's answer may list (1000 members × 16 devices, the
 /// control plane's defaults, fit); the rest are ignored.
 pub const MEMBER_DEVICES_MAX: usize = 16_384;
@@ -54,6 +57,7 @@ pub(crate) const SPARE_MEMBERS_CAPACITY_MAX: usize = 1024;
 pub(crate) const RECEIPT_BYTES_MAX: usize = RECEIPTS_PER_FRAME_MAX * 16;
 
 const _: () = assert!(SENDS_WAITING_PER_CONVERSATION_MAX <= FANOUTS_MAX);
+const _: () = assert!(MEMBER_DEVICES_MAX <= CACHED_MEMBER_DEVICES_MAX);
 
 /// One member device of a conversation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -128,6 +132,8 @@ pub fn conversation_home(conversation: ConversationId, shard_count: u16, key: u6
 struct Cached {
     /// Sorted by device, no duplicates.
     members: Vec<Member>,
+    /// `members.len()` when cached (the list is out of the entry while a fan-out runs).
+    counted: usize,
     next_seq: u64,
     seq_end: u64,
     fetched_at: Instant,
@@ -164,6 +170,8 @@ pub(crate) struct Table {
     slots: Vec<Slot>,
     free: Vec<u32>,
     tick: u64,
+    /// Member devices over all cached conversations.
+    members_cached: usize,
     /// One batch per shard while a message is fanned out (reused, so a steady fan-out
     /// allocates nothing).
     #[allow(clippy::vec_box)]
@@ -171,6 +179,35 @@ pub(crate) struct Table {
 }
 
 impl Table {
+    fn forget(&mut self, conversation: ConversationId) {
+        if let Some(entry) = self.cached.remove(&conversation) {
+            self.members_cached = self.members_cached.saturating_sub(entry.counted);
+        }
+    }
+
+    /// Caches `entry`, forgetting the least recently used conversations while a bound would
+    /// be passed.
+    fn remember(&mut self, conversation: ConversationId, mut entry: Cached) {
+        self.forget(conversation);
+        entry.counted = entry.members.len();
+        while !self.cached.is_empty()
+            && (self.cached.len() >= CONVERSATIONS_CACHED_MAX
+                || self.members_cached + entry.counted > CACHED_MEMBER_DEVICES_MAX)
+        {
+            let Some(oldest) = self
+                .cached
+                .iter()
+                .min_by_key(|(_, cached)| cached.used)
+                .map(|(id, _)| *id)
+            else {
+                break;
+            };
+            self.forget(oldest);
+        }
+        self.members_cached += entry.counted;
+        self.cached.insert(conversation, entry);
+    }
+
     fn insert_fanout(&mut self, fanout: Fanout) -> Option<FanoutId> {
         let index = match self.free.pop() {
             Some(index) => index,
@@ -277,7 +314,7 @@ pub(crate) fn submit<R: Rng>(shard: &mut Shard<R>, now: Instant, envelope: Box<E
         }
         // Stale, or its sequence block is spent: ask control again (the rest of the block is
         // skipped, so numbers keep increasing).
-        table.cached.remove(&conversation);
+        table.forget(conversation);
     }
     let open = table.lookups.len();
     match table.lookups.get_mut(&conversation) {
@@ -600,23 +637,16 @@ pub(crate) fn answered<R: Rng>(
             members.dedup_by_key(|m| m.device);
             members.truncate(MEMBER_DEVICES_MAX);
             let table = &mut shard.conversations;
-            if table.cached.len() >= CONVERSATIONS_CACHED_MAX
-                && let Some(oldest) = table
-                    .cached
-                    .iter()
-                    .min_by_key(|(_, entry)| entry.used)
-                    .map(|(id, _)| *id)
-            {
-                table.cached.remove(&oldest);
-            }
-            table.cached.insert(
+            let used = table.tick;
+            table.remember(
                 conversation,
                 Cached {
                     members,
+                    counted: 0,
                     next_seq: seq.start,
                     seq_end: seq.end,
                     fetched_at: now,
-                    used: table.tick,
+                    used,
                 },
             );
             for envelope in lookup.waiting {
@@ -639,7 +669,7 @@ pub(crate) fn answered<R: Rng>(
 /// Control says the conversation's membership changed: forget it, and do not trust an answer
 /// to a question asked before.
 pub(crate) fn changed<R: Rng>(shard: &mut Shard<R>, conversation: ConversationId) {
-    shard.conversations.cached.remove(&conversation);
+    shard.conversations.forget(conversation);
     if let Some(lookup) = shard.conversations.lookups.get_mut(&conversation) {
         lookup.refetch = true;
     }

@@ -39,9 +39,9 @@ mod timers;
 
 pub use conn::{ConnId, HandOff};
 pub use conversation::{
-    CONVERSATION_CACHE_TTL, CONVERSATION_LOOKUPS_MAX, CONVERSATIONS_CACHED_MAX, ConversationAnswer,
-    ConversationInfo, FANOUTS_MAX, MEMBER_DEVICES_MAX, Member, SENDS_WAITING_PER_CONVERSATION_MAX,
-    conversation_home,
+    CACHED_MEMBER_DEVICES_MAX, CONVERSATION_CACHE_TTL, CONVERSATION_LOOKUPS_MAX,
+    CONVERSATIONS_CACHED_MAX, ConversationAnswer, ConversationInfo, FANOUTS_MAX,
+    MEMBER_DEVICES_MAX, Member, SENDS_WAITING_PER_CONVERSATION_MAX, conversation_home,
 };
 pub use route::{Envelope, Origin, home_shard};
 

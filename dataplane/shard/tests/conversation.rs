@@ -262,3 +262,42 @@ fn typing_and_receipts_reach_members_only() {
         );
     }
 }
+
+#[test]
+fn the_membership_cache_is_bounded_and_expires() {
+    let mut w = World::new();
+    let a = w.connect(0, 0, xk());
+    // Conversations homed on shard 0 with `a` as their only member: each send is answered
+    // at once (nobody else to copy to).
+    let ids: Vec<u64> = (1..)
+        .filter(|&id| conversation_home(ConversationId(id), SHARDS, KEY).0 == 0)
+        .take(dp_shard::CONVERSATIONS_CACHED_MAX + 10)
+        .collect();
+    for &id in &ids {
+        w.conversations.insert(id, vec![w.device(a)]);
+    }
+    for (i, &id) in ids.iter().enumerate() {
+        let m = w.send_to_conversation(a, id, (i % 251) as u8, b"x");
+        assert!(matches!(
+            w.clients[a].got.last(),
+            Some(Got::SeqAck(got, SendStatus::Delivered, _)) if *got == m
+        ));
+        assert!(w.shards[0].conversations_cached() <= dp_shard::CONVERSATIONS_CACHED_MAX);
+    }
+    assert_eq!(
+        w.shards[0].conversations_cached(),
+        dp_shard::CONVERSATIONS_CACHED_MAX
+    );
+    // A cached conversation is not looked up again until its entry expires.
+    let last = *ids.last().unwrap();
+    let lookups = w.lookups;
+    w.send_to_conversation(a, last, 1, b"x");
+    assert_eq!(w.lookups, lookups);
+    w.now = w.now.saturating_add(dp_shard::CONVERSATION_CACHE_TTL);
+    w.send_to_conversation(a, last, 2, b"x");
+    assert_eq!(
+        w.lookups,
+        lookups + 1,
+        "an expired entry is looked up again"
+    );
+}
