@@ -155,6 +155,8 @@ struct Fanout {
     remaining: u32,
     stored: bool,
     retry: bool,
+    /// The message's box from the sender's shard, returned with the acknowledgement.
+    spare: Option<Box<Envelope>>,
 }
 
 struct Slot {
@@ -435,16 +437,16 @@ fn fan_out<R: Rng>(shard: &mut Shard<R>, envelope: Box<Envelope>) {
     if envelope.signal == Signal::None {
         shard.stats.conversation_sends += 1;
         if recipients == 0 {
+            let (origin, message) = (envelope.origin, envelope.message);
+            restore(shard, conversation, members);
             route::acknowledge_seq(
                 shard,
-                envelope.origin,
-                envelope.message,
+                origin,
+                message,
                 SendStatus::Delivered,
                 seq,
-                None,
+                Some(envelope),
             );
-            restore(shard, conversation, members);
-            recycle(shard, envelope);
             return;
         }
         let fanout = Fanout {
@@ -454,6 +456,7 @@ fn fan_out<R: Rng>(shard: &mut Shard<R>, envelope: Box<Envelope>) {
             remaining: recipients,
             stored: false,
             retry: false,
+            spare: None,
         };
         match shard.conversations.insert_fanout(fanout) {
             Some(id) => origin.fanout = id,
@@ -511,6 +514,13 @@ fn fan_out<R: Rng>(shard: &mut Shard<R>, envelope: Box<Envelope>) {
     }
     shard.conversations.batches = batches;
     restore(shard, conversation, members);
+    if envelope.signal == Signal::None && envelope.origin.shard != shard.config.shard {
+        // The box goes back to the sender's shard with the acknowledgement.
+        if let Some((_, fanout)) = shard.conversations.fanout_mut(origin.fanout) {
+            fanout.spare = Some(envelope);
+            return;
+        }
+    }
     recycle(shard, envelope);
 }
 
@@ -534,7 +544,15 @@ pub(crate) fn copy_to_members<R: Rng>(shard: &mut Shard<R>, batch: Box<Envelope>
         copy.stage = Stage::Device;
         to_local_member(shard, &copy);
     }
-    recycle(shard, batch);
+    let maker = batch.origin.shard;
+    if maker == shard.config.shard {
+        recycle(shard, batch);
+    } else {
+        shard.events.push_back(ShardEvent::ToShard {
+            to: maker,
+            message: ShardMessage::Spare(batch),
+        });
+    }
 }
 
 fn restore<R: Rng>(shard: &mut Shard<R>, conversation: ConversationId, members: Vec<Member>) {
@@ -609,8 +627,9 @@ pub(crate) fn copy_outcome<R: Rng>(shard: &mut Shard<R>, id: FanoutId, status: S
         SendStatus::Delivered
     };
     let (origin, message, seq) = (fanout.origin, fanout.message, fanout.seq);
+    let spare = fanout.spare.take();
     shard.conversations.free_fanout(index);
-    route::acknowledge_seq(shard, origin, message, status, seq, None);
+    route::acknowledge_seq(shard, origin, message, status, seq, spare);
 }
 
 /// Control's answer to a lookup: the waiting messages and signals go on.

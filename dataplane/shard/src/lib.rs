@@ -180,6 +180,9 @@ pub enum ShardMessage {
         /// The spent copy, returned to the shard that made it for reuse.
         envelope: Option<Box<Envelope>>,
     },
+    /// An envelope box sent back to the shard that made it, for reuse (a conversation's
+    /// batch, once its copies are made), so boxes do not pile up on one shard.
+    Spare(Box<Envelope>),
     /// A conversation message was refused by the conversation's home shard: its sender hears
     /// `Error(code)` (`NOT_FOUND` for a non-member and an unknown conversation alike).
     Rejected {
@@ -878,6 +881,7 @@ impl<R: Rng> Shard<R> {
                 conversation,
                 code,
             } => conversation::rejected(self, origin, conversation, code),
+            ShardMessage::Spare(envelope) => route::recycle(self, envelope),
         }
     }
 

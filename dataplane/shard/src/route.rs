@@ -638,6 +638,21 @@ pub(crate) fn acknowledge_seq<R: Rng>(
             recycle(shard, envelope);
         }
         conversation::copy_outcome(shard, origin.fanout, status);
+    } else if origin.fanout != FanoutId::NONE {
+        // A copy made here from a batch: its box stays here (the batch went back).
+        if let Some(envelope) = envelope {
+            recycle(shard, envelope);
+        }
+        shard.events.push_back(ShardEvent::ToShard {
+            to: origin.shard,
+            message: ShardMessage::Outcome {
+                origin,
+                message,
+                status,
+                seq,
+                envelope: None,
+            },
+        });
     } else if origin.shard == shard.config.shard {
         ack(shard, origin.conn, message, status, seq);
         if let Some(envelope) = envelope {

@@ -10,10 +10,10 @@
 mod common;
 
 use common::*;
-use dp_core::{ConversationId, MessageId};
+use dp_core::{ConversationId, MessageId, SeededRng};
 use dp_noise::StreamSession;
 use dp_proto::{DeliveryAck, Frame, MessageIds, Recipient, SendFrame};
-use dp_shard::{ShardEvent, conversation_home};
+use dp_shard::{Shard, ShardEvent, conversation_home};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
@@ -253,4 +253,105 @@ fn fanning_out_a_conversation_message_allocates_nothing_at_steady_state() {
         "allocations while fanning out 2 000 messages"
     );
     assert_eq!(s.stats().conversation_sends - sends_before, 2_000);
+}
+
+/// Moves every `ToShard` message between the two shards until neither has one; any other
+/// event fails the test.
+fn shuttle(now: dp_core::Instant, s0: &mut Shard<SeededRng>, s1: &mut Shard<SeededRng>) {
+    loop {
+        let mut moved = false;
+        while let Some(event) = s0.poll_event() {
+            let ShardEvent::ToShard { message, .. } = event else {
+                panic!("only shard messages: {event:?}");
+            };
+            s1.handle_shard_message(now, message);
+            moved = true;
+        }
+        while let Some(event) = s1.poll_event() {
+            let ShardEvent::ToShard { message, .. } = event else {
+                panic!("only shard messages: {event:?}");
+            };
+            s0.handle_shard_message(now, message);
+            moved = true;
+        }
+        if !moved {
+            return;
+        }
+    }
+}
+
+#[test]
+fn fanning_out_across_shards_allocates_nothing_at_steady_state() {
+    let mut w = World::new();
+    w.seq_block = 1 << 20;
+    // The sender and two members on shard 0, the conversation and a third member on shard 1:
+    // the message crosses to its home, a batch comes back for the two, outcomes cross again.
+    let a = w.connect(0, 0, xk());
+    let b = w.connect(0, 0, xk());
+    let c = w.connect(0, 0, xk());
+    let d = w.connect(1, 1, xk());
+    let conv = (1..)
+        .find(|&id| conversation_home(ConversationId(id), SHARDS, KEY).0 == 1)
+        .unwrap();
+    w.set_conversation(conv, &[a, b, c, d]);
+    for i in 0..64u8 {
+        w.send_to_conversation(a, conv, i, &[0x42; 1024]);
+    }
+    let body = vec![0x42u8; 1024];
+    let mut records = Vec::new();
+    for i in 1_000..3_000u32 {
+        let ids = [message_id(i)];
+        let send = Frame::Send(SendFrame {
+            message: ids[0],
+            recipient: Recipient::Conversation(ConversationId(conv)),
+            body: &body,
+        });
+        let ack = Frame::DeliveryAck(DeliveryAck {
+            messages: MessageIds::new(&ids),
+        });
+        let acks = [
+            seal(&mut w, b, &ack),
+            seal(&mut w, c, &ack),
+            seal(&mut w, d, &ack),
+        ];
+        records.push((seal(&mut w, a, &send), acks));
+    }
+    let conns = [a, b, c, d].map(|x| w.clients[x].conn);
+    let now = w.now;
+    let (left, right) = w.shards.split_at_mut(1);
+    let (s0, s1) = (&mut left[0], &mut right[0]);
+    let copies_before = s0.stats().conversation_copies + s1.stats().conversation_copies;
+    COUNT.with(|count| count.set(0));
+    for (send, [ack_b, ack_c, ack_d]) in &records {
+        ARMED.with(|armed| armed.set(true));
+        s0.handle_received(now, conns[0], send);
+        shuttle(now, s0, s1);
+        let mut delivered = 0;
+        for conn in [conns[1], conns[2]] {
+            let n = s0.poll_transmit(now, conn).len();
+            s0.handle_written(conn, n);
+            delivered += usize::from(n > 1024);
+        }
+        let n = s1.poll_transmit(now, conns[3]).len();
+        s1.handle_written(conns[3], n);
+        delivered += usize::from(n > 1024);
+        s0.handle_received(now, conns[1], ack_b);
+        s0.handle_received(now, conns[2], ack_c);
+        s1.handle_received(now, conns[3], ack_d);
+        shuttle(now, s0, s1);
+        let send_ack = s0.poll_transmit(now, conns[0]).len();
+        s0.handle_written(conns[0], send_ack);
+        ARMED.with(|armed| armed.set(false));
+        assert!(
+            delivered == 3 && send_ack > 0,
+            "three Delivers and a SendAck"
+        );
+    }
+    let allocations = COUNT.with(Cell::get);
+    assert_eq!(
+        allocations, 0,
+        "allocations while fanning out 2 000 messages"
+    );
+    let copies = s0.stats().conversation_copies + s1.stats().conversation_copies;
+    assert_eq!(copies - copies_before, 6_000);
 }
