@@ -507,7 +507,12 @@ async fn remove_friend(
     auth: Authed,
     PathParams(handle): PathParams<String>,
 ) -> Result<StatusCode, ApiError> {
-    state.control().remove_friend(&auth.caller, &handle).await?;
+    if let Some(control_core::ControlCommand::ConversationChanged(id)) =
+        state.control().remove_friend(&auth.caller, &handle).await?
+    {
+        // Their direct conversation can no longer be written to.
+        membership_changed(&state, id).await;
+    }
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -287,6 +287,11 @@ async fn rest_flow_devices_friends_groups(kind: Kind) {
     );
     let (s, _) = call(&api, Method::DELETE, "/v1/friends/bob", Some(&alice), None).await;
     assert_eq!(s, StatusCode::NO_CONTENT);
+    // Their direct conversation can no longer be written to: the data plane hears of it.
+    assert_eq!(
+        api.commands.try_recv().unwrap(),
+        ControlCommand::ConversationChanged(ConversationId(direct["id"].as_u64().unwrap()))
+    );
     let (s, _) = call(&api, Method::DELETE, "/v1/session", Some(&alice), None).await;
     assert_eq!(s, StatusCode::NO_CONTENT);
     let (s, body) = call(&api, Method::GET, "/v1/me", Some(&alice), None).await;

@@ -765,14 +765,22 @@ impl Control {
         }
     }
 
-    /// Ends the friendship with `handle`.
-    pub async fn remove_friend(&self, caller: &Caller, handle: &str) -> Result<(), ControlError> {
+    /// Ends the friendship with `handle`. Their direct conversation, if they have one, may no
+    /// longer be written to: the returned command tells the data plane.
+    pub async fn remove_friend(
+        &self,
+        caller: &Caller,
+        handle: &str,
+    ) -> Result<Option<ControlCommand>, ControlError> {
         let other = self.user_by_handle(handle).await?;
-        if self.store.remove_friend(caller.user, other.id).await? {
-            Ok(())
-        } else {
-            Err(ControlError::NotFriends)
+        if !self.store.remove_friend(caller.user, other.id).await? {
+            return Err(ControlError::NotFriends);
         }
+        Ok(self
+            .store
+            .direct_conversation_id(caller.user, other.id)
+            .await?
+            .map(ControlCommand::ConversationChanged))
     }
 
     /// The caller's friends.

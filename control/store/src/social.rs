@@ -1447,6 +1447,26 @@ impl Store {
         })
     }
 
+    /// The direct conversation of `a` and `b`, if they have one (nothing is created).
+    pub async fn direct_conversation_id(
+        &self,
+        a: UserId,
+        b: UserId,
+    ) -> Result<Option<ConversationId>, StoreError> {
+        let (low, high) = pair(a, b);
+        in_tx!(self, read, |tx| async move {
+            query_one(
+                tx,
+                "SELECT conversation_id FROM direct_conversations
+                 WHERE user_low = $1 AND user_high = $2",
+                &[low, high],
+            )
+            .await?
+            .map(|row| Ok(ConversationId(convert::to_u64(row[0].int()?)?)))
+            .transpose()
+        })
+    }
+
     /// The direct conversation of `a` and `b`, created (with both as members) if it does not
     /// exist yet. Returns its id and whether it was created now.
     pub async fn create_direct_conversation(

@@ -778,6 +778,14 @@ async fn conversation_lookup_lists_members_and_reserves_increasing_seq_blocks(ki
         .create_direct_conversation(alice, carol, NOW)
         .await
         .unwrap();
+    assert_eq!(
+        t.store.direct_conversation_id(carol, alice).await.unwrap(),
+        Some(direct)
+    );
+    assert_eq!(
+        t.store.direct_conversation_id(alice, bob).await.unwrap(),
+        None
+    );
     let strangers = t
         .store
         .conversation_lookup(direct, 100, 1)
