@@ -301,3 +301,59 @@ fn the_membership_cache_is_bounded_and_expires() {
         "an expired entry is looked up again"
     );
 }
+
+#[test]
+fn a_stored_copy_keeps_its_conversation_and_number_for_the_returning_member() {
+    let [conv, _] = conversation_ids();
+    let mut w = World::new();
+    let a = w.connect(0, 0, xk());
+    let d = w.connect(1, 1, xk());
+    drop_client(&mut w, d);
+    w.set_conversation(conv, &[a, d]);
+    let m = w.send_to_conversation(a, conv, 1, b"while away");
+    let Some(Got::SeqAck(_, SendStatus::Stored, seq)) = w.clients[a].got.last().cloned() else {
+        panic!("{:?}", w.clients[a].got.last());
+    };
+    let back = w.reconnect(d);
+    assert_eq!(conv_delivers(&w, back), vec![(m, conv, seq)]);
+    assert!(w.stored.is_empty(), "acknowledged, so deleted");
+}
+
+#[test]
+fn control_unavailable_or_too_many_waiting_means_retry() {
+    let [conv, _] = conversation_ids();
+    let mut w = World::new();
+    let a = w.connect(0, 0, xk());
+    let b = w.connect(1, 1, xk());
+    w.set_conversation(conv, &[a, b]);
+    w.lookups_fail = true;
+    let m = w.send_to_conversation(a, conv, 1, b"store down");
+    assert_eq!(
+        w.clients[a].got.last(),
+        Some(&Got::SendAck(m, SendStatus::Retry))
+    );
+    assert!(conv_delivers(&w, b).is_empty());
+    // More messages than may wait for one lookup, all before control answers: the excess is
+    // refused, the rest go through in order.
+    w.lookups_fail = false;
+    let extra = 6;
+    let n = dp_shard::SENDS_WAITING_PER_CONVERSATION_MAX + extra;
+    for i in 0..n {
+        let frame = Frame::Send(dp_proto::SendFrame {
+            message: MessageId([i as u8 + 10; 16]),
+            recipient: dp_proto::Recipient::Conversation(ConversationId(conv)),
+            body: b"burst",
+        });
+        w.send_raw(a, &frame);
+    }
+    w.pump();
+    let retries = w.clients[a]
+        .got
+        .iter()
+        .filter(|g| matches!(g, Got::SendAck(_, SendStatus::Retry)))
+        .count();
+    assert_eq!(retries, 1 + extra);
+    let seqs: Vec<u64> = conv_delivers(&w, b).iter().map(|x| x.2).collect();
+    assert_eq!(seqs.len(), dp_shard::SENDS_WAITING_PER_CONVERSATION_MAX);
+    assert!(seqs.windows(2).all(|p| p[0] < p[1]));
+}

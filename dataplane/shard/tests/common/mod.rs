@@ -119,6 +119,8 @@ pub struct World {
     pub lookups: u64,
     /// Sequence numbers control hands out per lookup.
     pub seq_block: u64,
+    /// Control answers lookups `Unavailable` (its store is down).
+    pub lookups_fail: bool,
 }
 
 use dp_noise::StreamSession;
@@ -171,6 +173,7 @@ impl World {
             seq_next: BTreeMap::new(),
             lookups: 0,
             seq_block: SEQ_BLOCK,
+            lookups_fail: false,
         }
     }
 
@@ -546,6 +549,7 @@ impl World {
             ControlRequest::LookupConversation { conversation } => {
                 self.lookups += 1;
                 let answer = match self.conversations.get(&conversation.0) {
+                    _ if self.lookups_fail => ConversationAnswer::Unavailable,
                     Some(devices) => {
                         let next = self.seq_next.entry(conversation.0).or_insert(1);
                         let seq = *next..*next + self.seq_block;
