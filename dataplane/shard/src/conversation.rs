@@ -685,6 +685,25 @@ pub(crate) fn answered<R: Rng>(
     }
 }
 
+/// A device was revoked: forget every cached conversation it is a member of, so no more
+/// copies are made for it.
+pub(crate) fn device_revoked<R: Rng>(shard: &mut Shard<R>, device: DeviceId) {
+    let table = &mut shard.conversations;
+    let mut affected = Vec::new();
+    for (id, entry) in &table.cached {
+        if entry
+            .members
+            .binary_search_by_key(&device, |m| m.device)
+            .is_ok()
+        {
+            affected.push(*id);
+        }
+    }
+    for id in affected {
+        changed(shard, id);
+    }
+}
+
 /// Control says the conversation's membership changed: forget it, and do not trust an answer
 /// to a question asked before.
 pub(crate) fn changed<R: Rng>(shard: &mut Shard<R>, conversation: ConversationId) {

@@ -302,7 +302,8 @@ pub enum ControlEvent {
         message: MessageId,
     },
     /// The device was revoked: end its live session on this shard, its home, with
-    /// `Error(DEVICE_REVOKED)`. What it had in flight is stored.
+    /// `Error(DEVICE_REVOKED)`. What it had in flight is stored. Sent to every shard: each
+    /// forgets the cached conversations the device is a member of.
     Revoke {
         /// The device.
         device: DeviceId,
@@ -917,6 +918,7 @@ impl<R: Rng> Shard<R> {
                 route::acknowledge(self, origin, message, SendStatus::Retry, None);
             }
             ControlEvent::Revoke { device } => {
+                conversation::device_revoked(self, device);
                 if let Some(online) = self.online.get(&device) {
                     let conn = online.conn;
                     self.send_error(conn, ErrorCode::DEVICE_REVOKED, 0);

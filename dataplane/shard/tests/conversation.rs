@@ -357,3 +357,44 @@ fn control_unavailable_or_too_many_waiting_means_retry() {
     assert_eq!(seqs.len(), dp_shard::SENDS_WAITING_PER_CONVERSATION_MAX);
     assert!(seqs.windows(2).all(|p| p[0] < p[1]));
 }
+
+#[test]
+fn a_revoked_device_gets_no_more_copies() {
+    for conv in conversation_ids() {
+        let mut w = World::new();
+        let a = w.connect(0, 0, xk());
+        let b = w.connect(1, 1, xk());
+        let c = w.connect(0, 0, xk());
+        w.set_conversation(conv, &[a, b, c]);
+        w.send_to_conversation(a, conv, 1, b"before");
+        assert_eq!(conv_delivers(&w, c).len(), 1);
+        // Control revokes c: its store no longer lists it, and every shard hears `Revoke`
+        // (no `ConversationChanged`).
+        let device = w.device(c);
+        w.conversations
+            .get_mut(&conv)
+            .unwrap()
+            .retain(|d| *d != device);
+        let lookups = w.lookups;
+        for s in 0..w.shards.len() {
+            let now = w.now;
+            w.shards[s].handle_control(now, dp_shard::ControlEvent::Revoke { device });
+        }
+        w.pump();
+        let m = w.send_to_conversation(a, conv, 2, b"after");
+        assert_eq!(
+            w.lookups,
+            lookups + 1,
+            "the cached membership was forgotten"
+        );
+        assert_eq!(conv_delivers(&w, b).last().map(|x| x.0), Some(m));
+        assert!(
+            w.stored.iter().all(|e| e.recipient != device),
+            "no copy stored for the revoked device"
+        );
+        assert!(matches!(
+            w.clients[a].got.last(),
+            Some(Got::SeqAck(got, SendStatus::Delivered, _)) if *got == m
+        ));
+    }
+}
