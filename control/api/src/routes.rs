@@ -438,6 +438,23 @@ async fn forward(state: &AppState, command: control_core::ControlCommand) -> Res
     }
 }
 
+/// Tells the data plane that a conversation's membership changed, so its next message is
+/// checked against the new members. The change is durable already; if the data plane does not
+/// take the command in time it is logged, and the data plane's cache expiry
+/// (`dp_shard::CONVERSATION_CACHE_TTL`) bounds how long it routes by the old members.
+async fn membership_changed(state: &AppState, id: ConversationId) {
+    let command = control_core::ControlCommand::ConversationChanged(id);
+    if tokio::time::timeout(FORWARD_WAIT, state.inner.commands.send(command))
+        .await
+        .is_err()
+    {
+        tracing::error!(
+            conversation = id.0,
+            "the data plane did not take a membership change in time"
+        );
+    }
+}
+
 /// Revokes a device of the caller's account (its tokens die and its live sessions close).
 #[utoipa::path(delete, path = "/v1/devices/{device_id}", tag = "devices", security(("bearer" = [])),
     params(("device_id" = String, Path, description = "32 hex digits")),
@@ -490,7 +507,12 @@ async fn remove_friend(
     auth: Authed,
     PathParams(handle): PathParams<String>,
 ) -> Result<StatusCode, ApiError> {
-    state.control().remove_friend(&auth.caller, &handle).await?;
+    if let Some(control_core::ControlCommand::ConversationChanged(id)) =
+        state.control().remove_friend(&auth.caller, &handle).await?
+    {
+        // Their direct conversation can no longer be written to.
+        membership_changed(&state, id).await;
+    }
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -663,6 +685,7 @@ async fn invite(
         .control()
         .invite(&auth.caller, ConversationId(id), &body.handle)
         .await?;
+    membership_changed(&state, ConversationId(id)).await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -679,6 +702,7 @@ async fn remove_member(
         .control()
         .remove_member(&auth.caller, ConversationId(id), &handle)
         .await?;
+    membership_changed(&state, ConversationId(id)).await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -718,6 +742,7 @@ async fn leave(
         .control()
         .leave(&auth.caller, ConversationId(id))
         .await?;
+    membership_changed(&state, ConversationId(id)).await;
     Ok(StatusCode::NO_CONTENT)
 }
 

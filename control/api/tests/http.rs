@@ -19,6 +19,7 @@ use axum::http::{Method, Request, StatusCode};
 use control_api::{ApiConfig, AppState, router};
 use control_core::ratelimit::Rate;
 use control_core::{AdminCredential, Control, ControlCommand, Limits, ManualClock};
+use dp_core::ConversationId;
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use std::net::SocketAddr;
@@ -144,7 +145,7 @@ fn code(body: &Value) -> &str {
 /// A whole client session over REST: devices, pairing code, friends with consent, a direct
 /// conversation and a group with roles.
 async fn rest_flow_devices_friends_groups(kind: Kind) {
-    let api = api(kind).await;
+    let mut api = api(kind).await;
     let alice = user(&api, 1, "alice").await;
     let bob = user(&api, 2, "bob").await;
     let (s, me) = call(&api, Method::GET, "/v1/me", Some(&alice), None).await;
@@ -242,6 +243,11 @@ async fn rest_flow_devices_friends_groups(kind: Kind) {
     )
     .await;
     assert_eq!(s, StatusCode::NO_CONTENT);
+    // The data plane hears of every membership change.
+    assert_eq!(
+        api.commands.try_recv().unwrap(),
+        ControlCommand::ConversationChanged(ConversationId(gid))
+    );
     let (s, _) = call(
         &api,
         Method::PUT,
@@ -269,6 +275,10 @@ async fn rest_flow_devices_friends_groups(kind: Kind) {
     )
     .await;
     assert_eq!(s, StatusCode::NO_CONTENT);
+    assert_eq!(
+        api.commands.try_recv().unwrap(),
+        ControlCommand::ConversationChanged(ConversationId(gid))
+    );
     let (_, list) = call(&api, Method::GET, "/v1/conversations", Some(&bob), None).await;
     assert_eq!(
         list.as_array().unwrap().len(),
@@ -277,6 +287,11 @@ async fn rest_flow_devices_friends_groups(kind: Kind) {
     );
     let (s, _) = call(&api, Method::DELETE, "/v1/friends/bob", Some(&alice), None).await;
     assert_eq!(s, StatusCode::NO_CONTENT);
+    // Their direct conversation can no longer be written to: the data plane hears of it.
+    assert_eq!(
+        api.commands.try_recv().unwrap(),
+        ControlCommand::ConversationChanged(ConversationId(direct["id"].as_u64().unwrap()))
+    );
     let (s, _) = call(&api, Method::DELETE, "/v1/session", Some(&alice), None).await;
     assert_eq!(s, StatusCode::NO_CONTENT);
     let (s, body) = call(&api, Method::GET, "/v1/me", Some(&alice), None).await;
@@ -588,6 +603,7 @@ async fn attack_admin_endpoints_without_or_with_a_wrong_credential(kind: Kind) {
     assert_eq!(
         hex::encode(match revoked {
             ControlCommand::RevokeDevice(d) => d.0,
+            other => panic!("{other:?}"),
         }),
         device
     );

@@ -35,8 +35,8 @@ mod error;
 pub mod ratelimit;
 
 pub use control_store::{
-    ClaimOutcome, Conversation, ConversationKind, Device, FriendRequest, FriendRequestOutcome,
-    Member, Role, SessionToken, Store, UserId, UserSummary,
+    ClaimOutcome, Conversation, ConversationKind, ConversationLookup, Device, FriendRequest,
+    FriendRequestOutcome, Member, Role, SessionToken, Store, UserId, UserSummary,
 };
 pub use error::ControlError;
 
@@ -228,6 +228,8 @@ impl AdminCredential {
 pub enum ControlCommand {
     /// Close every live session of this device, on every shard.
     RevokeDevice(DeviceId),
+    /// The conversation's membership changed: the data plane forgets what it cached of it.
+    ConversationChanged(ConversationId),
 }
 
 /// A device registered by [`Control::register`] or [`Control::claim_pairing_code`].
@@ -763,14 +765,22 @@ impl Control {
         }
     }
 
-    /// Ends the friendship with `handle`.
-    pub async fn remove_friend(&self, caller: &Caller, handle: &str) -> Result<(), ControlError> {
+    /// Ends the friendship with `handle`. Their direct conversation, if they have one, may no
+    /// longer be written to: the returned command tells the data plane.
+    pub async fn remove_friend(
+        &self,
+        caller: &Caller,
+        handle: &str,
+    ) -> Result<Option<ControlCommand>, ControlError> {
         let other = self.user_by_handle(handle).await?;
-        if self.store.remove_friend(caller.user, other.id).await? {
-            Ok(())
-        } else {
-            Err(ControlError::NotFriends)
+        if !self.store.remove_friend(caller.user, other.id).await? {
+            return Err(ControlError::NotFriends);
         }
+        Ok(self
+            .store
+            .direct_conversation_id(caller.user, other.id)
+            .await?
+            .map(ControlCommand::ConversationChanged))
     }
 
     /// The caller's friends.
@@ -1033,6 +1043,28 @@ impl Control {
             SendCheck::NotAMember => Err(ControlError::NotAMember),
             SendCheck::NotFriends => Err(ControlError::NotFriends),
         }
+    }
+
+    /// The data plane's conversation lookup (docs/design/0013): the live devices of every
+    /// member (at most [`Limits::members_max`] × [`Limits::devices_per_user_max`]), whether
+    /// members may send (the rule of [`Control::may_send`]: always in a group, while the two
+    /// users are friends in a direct conversation), and the next `seq_count` sequence numbers,
+    /// reserved durably. `None` for an unknown conversation.
+    pub async fn conversation_lookup(
+        &self,
+        conversation: ConversationId,
+        seq_count: u64,
+    ) -> Result<Option<ConversationLookup>, ControlError> {
+        let max = usize::try_from(
+            self.limits
+                .members_max
+                .saturating_mul(self.limits.devices_per_user_max),
+        )
+        .unwrap_or(usize::MAX);
+        Ok(self
+            .store
+            .conversation_lookup(conversation, max, seq_count)
+            .await?)
     }
 
     // -----------------------------------------------------------------------------------------

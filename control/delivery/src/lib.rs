@@ -15,6 +15,10 @@
 //!   `Drained` with the count of `Store`s taken since the session opened (docs/design/0009),
 //!   and live delivery resumes.
 //! - **Revocation**: a revoked device's live session is ended on every shard.
+//! - **Conversations** (docs/design/0013): a shard's `LookupConversation` is answered from the
+//!   store with the member devices, whether they may send, and a freshly reserved block of
+//!   the conversation's sequence numbers; a membership change from the API reaches every
+//!   shard as `ConversationChanged`.
 //! - **Operations**: `Request` frames from sessions run against the control domain
 //!   ([`operations`]), with the identity the session's handshake proved.
 //!
@@ -26,11 +30,16 @@
 
 pub mod operations;
 
+use control_core::ControlCommand;
 use control_store::{GroupCommitter, RefuseReason, Store, StoreError, StoredEnvelope, Submitter};
 use core::time::Duration;
+use dp_core::ConversationId;
 use dp_core::{DeviceId, MessageId};
 use dp_io::ControlPort;
-use dp_shard::{ControlEvent, ControlRequest, Envelope, Origin, ShardId};
+use dp_shard::{
+    ControlEvent, ControlRequest, ConversationAnswer, ConversationInfo, Envelope, Member, Origin,
+    ShardId,
+};
 use std::collections::{HashMap, HashSet, VecDeque};
 use tokio::sync::{mpsc, watch};
 
@@ -47,6 +56,10 @@ pub struct DeliveryConfig {
     pub receive_budget: usize,
     /// Store submissions outstanding at most.
     pub in_flight_max: usize,
+    /// Sequence numbers reserved per conversation lookup (at most
+    /// [`control_store::SEQ_BLOCK_MAX`]): a shard numbers that many messages before it asks
+    /// again; what it had not used when it forgets the conversation is skipped.
+    pub seq_block: u64,
 }
 
 impl Default for DeliveryConfig {
@@ -57,6 +70,7 @@ impl Default for DeliveryConfig {
             ttl: Duration::from_secs(30 * 24 * 3600),
             receive_budget: 1024,
             in_flight_max: 16_384,
+            seq_block: 1024,
         }
     }
 }
@@ -115,8 +129,9 @@ fn duration_ms(duration: Duration) -> u64 {
 }
 
 /// Serves `port` until `stop` turns true and everything the shards sent has been taken and
-/// committed. `revoked` carries devices whose sessions must end; `control` answers the
-/// sessions' operations.
+/// committed. `commands` carries what the API changed (devices whose sessions must end,
+/// conversations whose membership changed); `control` answers the sessions' operations and
+/// the shards' conversation lookups.
 pub async fn run(
     port: ControlPort,
     store: Store,
@@ -124,7 +139,7 @@ pub async fn run(
     committer: &GroupCommitter,
     config: DeliveryConfig,
     mut stop: watch::Receiver<bool>,
-    mut revoked: mpsc::Receiver<DeviceId>,
+    mut commands: mpsc::Receiver<ControlCommand>,
 ) {
     let submitter = committer.submitter(config.in_flight_max, Some(port.waker()));
     let mut delivery = Delivery {
@@ -161,14 +176,18 @@ pub async fn run(
         if took {
             continue;
         }
-        let revocation = tokio::select! {
+        let command = tokio::select! {
             () = delivery.port.ready() => None,
             () = tokio::time::sleep(IDLE_TURN) => None,
             _ = stop.changed() => None,
-            Some(device) = revoked.recv() => Some(device),
+            Some(command) = commands.recv() => Some(command),
         };
-        if let Some(device) = revocation {
-            delivery.revoke(device);
+        match command {
+            Some(ControlCommand::RevokeDevice(device)) => delivery.revoke(device),
+            Some(ControlCommand::ConversationChanged(conversation)) => {
+                delivery.conversation_changed(conversation);
+            }
+            None => {}
         }
     }
 }
@@ -242,6 +261,37 @@ impl Delivery {
                 }
                 self.forget_if_unused(device);
             }
+            ControlRequest::LookupConversation { conversation } => {
+                let answer = match self
+                    .control
+                    .conversation_lookup(conversation, self.config.seq_block)
+                    .await
+                {
+                    Ok(Some(found)) => {
+                        let may_send = found.may_send;
+                        let members = found
+                            .devices
+                            .into_iter()
+                            .map(|device| Member { device, may_send })
+                            .collect();
+                        let info = ConversationInfo {
+                            members,
+                            seq: found.seq,
+                        };
+                        ConversationAnswer::Found(Box::new(info))
+                    }
+                    Ok(None) => ConversationAnswer::NotFound,
+                    Err(error) => {
+                        eprintln!("control: conversation lookup failed: {error}");
+                        ConversationAnswer::Unavailable
+                    }
+                };
+                let answer = ControlEvent::Conversation {
+                    conversation,
+                    answer,
+                };
+                self.port.send(from, answer);
+            }
             ControlRequest::Acknowledged { device, messages } => {
                 for chunk in messages.chunks(control_store::ACK_IDS_MAX) {
                     if let Err(error) = self.store.delete_acknowledged(device, chunk).await {
@@ -268,7 +318,8 @@ impl Delivery {
                 message: envelope.message,
                 sender: envelope.sender,
                 recipient: envelope.recipient,
-                conversation: None,
+                conversation: (envelope.conversation.0 != 0).then_some(envelope.conversation),
+                conversation_seq: envelope.seq,
                 sent_at_ms: envelope.sent_at_ms,
                 expires_at_ms: envelope.sent_at_ms.saturating_add(expires_in),
                 // Moved, not copied: a refusal hands it back.
@@ -394,13 +445,17 @@ impl Delivery {
             if !entry.window.insert(envelope.message) {
                 continue;
             }
-            let envelope = Box::new(Envelope::from_storage(
-                envelope.message,
-                envelope.sender,
-                envelope.recipient,
-                envelope.sent_at_ms,
-                envelope.body,
-            ));
+            let conversation = envelope.conversation.unwrap_or(ConversationId(0));
+            let envelope = Box::new(
+                Envelope::from_storage(
+                    envelope.message,
+                    envelope.sender,
+                    envelope.recipient,
+                    envelope.sent_at_ms,
+                    envelope.body,
+                )
+                .in_conversation(conversation, envelope.conversation_seq),
+            );
             self.port
                 .send(shard, ControlEvent::Deliver { envelope, session });
         }
@@ -413,6 +468,15 @@ impl Delivery {
                 device.window.clear();
                 self.dirty.push(*id);
             }
+        }
+    }
+
+    /// Every shard forgets what it cached of the conversation (only its home has any).
+    fn conversation_changed(&mut self, conversation: ConversationId) {
+        for shard in 0..self.port.shard_count() {
+            let shard = ShardId(u16::try_from(shard).unwrap_or(u16::MAX));
+            self.port
+                .send(shard, ControlEvent::ConversationChanged { conversation });
         }
     }
 

@@ -120,6 +120,7 @@ async fn measure(store: &Store, commit: CommitConfig, o: &Options, tag: u8) -> R
                         sender: DeviceId([0xee; 16]),
                         recipient: DeviceId(device),
                         conversation: None,
+                        conversation_seq: 0,
                         sent_at_ms: 1_800_000_000_000,
                         expires_at_ms: 1_800_086_400_000,
                         body: body.clone(),

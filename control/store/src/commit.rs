@@ -369,6 +369,7 @@ fn empty_envelope() -> Envelope {
         sender: dp_core::DeviceId([0; 16]),
         recipient: dp_core::DeviceId([0; 16]),
         conversation: None,
+        conversation_seq: 0,
         sent_at_ms: 0,
         expires_at_ms: 0,
         body: Vec::new(),

@@ -42,8 +42,9 @@ pub use model::{
 };
 pub use postgres::PgStore;
 pub use social::{
-    Added, ClaimOutcome, Conversation, ConversationKind, FriendRequest, FriendRequestOutcome,
-    GROUP_TITLE_LEN_MAX, Member, NewPairedDevice, Role, SendCheck, UserSummary,
+    Added, ClaimOutcome, Conversation, ConversationKind, ConversationLookup, FriendRequest,
+    FriendRequestOutcome, GROUP_TITLE_LEN_MAX, Member, NewPairedDevice, Role, SEQ_BLOCK_MAX,
+    SendCheck, UserSummary,
 };
 pub use sqlite::{SQLITE_JOBS_QUEUED_MAX, SqliteStore};
 

@@ -16,6 +16,8 @@ pub struct Envelope {
     pub recipient: DeviceId,
     /// The conversation, when the envelope belongs to one.
     pub conversation: Option<ConversationId>,
+    /// Its per-conversation sequence number (0 for a message to one device).
+    pub conversation_seq: u64,
     /// When the server accepted it (milliseconds since the Unix epoch).
     pub sent_at_ms: u64,
     /// After this time (milliseconds since the Unix epoch) it is no longer delivered and the
@@ -33,6 +35,7 @@ impl fmt::Debug for Envelope {
             .field("sender", &self.sender)
             .field("recipient", &self.recipient)
             .field("conversation", &self.conversation)
+            .field("conversation_seq", &self.conversation_seq)
             .field("sent_at_ms", &self.sent_at_ms)
             .field("expires_at_ms", &self.expires_at_ms)
             .field("body_len", &self.body.len())

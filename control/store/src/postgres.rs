@@ -109,9 +109,10 @@ pub(crate) struct BatchStatements {
 }
 
 const INSERT: &str = "INSERT INTO envelopes
-     (recipient, message_id, sender, conversation_id, sent_at_ms, expires_at_ms, body)
+     (recipient, message_id, sender, conversation_id, sent_at_ms, expires_at_ms, body,
+      conversation_seq)
      SELECT * FROM unnest($1::bytea[], $2::bytea[], $3::bytea[], $4::int8[], $5::int8[],
-                          $6::int8[], $7::bytea[])
+                          $6::int8[], $7::bytea[], $8::int8[])
      ON CONFLICT (recipient, message_id) DO NOTHING
      RETURNING seq, recipient, message_id";
 const ENSURE_COUNTS: &str = "INSERT INTO inbox_counts (device, pending)
@@ -168,6 +169,10 @@ pub(crate) async fn write_envelopes(
         .iter()
         .map(|e| e.conversation.map(|c| convert::to_i64(c.0)))
         .collect();
+    let conversation_seqs: Vec<i64> = batch
+        .iter()
+        .map(|e| convert::to_i64(e.conversation_seq))
+        .collect();
     let sent: Vec<i64> = batch
         .iter()
         .map(|e| convert::to_i64(e.sent_at_ms))
@@ -187,6 +192,7 @@ pub(crate) async fn write_envelopes(
                 &sent,
                 &expires,
                 &bodies,
+                &conversation_seqs,
             ],
         )
         .await?;
@@ -310,7 +316,8 @@ impl PgStore {
         let client = self.client().await?;
         let stmt = client
             .prepare_cached(
-                "SELECT seq, message_id, sender, conversation_id, sent_at_ms, expires_at_ms, body
+                "SELECT seq, message_id, sender, conversation_id, sent_at_ms, expires_at_ms, body,
+                        conversation_seq
                  FROM envelopes
                  WHERE recipient = $1 AND seq > $2 AND expires_at_ms > $3
                  ORDER BY seq LIMIT $4",
@@ -344,6 +351,7 @@ impl PgStore {
                         sent_at_ms: convert::to_u64(row.try_get(4)?)?,
                         expires_at_ms: convert::to_u64(row.try_get(5)?)?,
                         body: row.try_get(6)?,
+                        conversation_seq: convert::to_u64(row.try_get(7)?)?,
                     },
                 })
             })

@@ -25,6 +25,8 @@ use std::task::{Context, Poll, Waker};
 
 /// The longest group title, in bytes (the schema's bound).
 pub const GROUP_TITLE_LEN_MAX: usize = 128;
+/// The most sequence numbers one [`Store::conversation_lookup`] reserves.
+pub const SEQ_BLOCK_MAX: u64 = 1 << 20;
 
 /// A user as listed: id, handle and creation time.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -82,6 +84,18 @@ pub enum SendCheck {
     NotFriends,
     /// Allowed: the live devices of every member, the sender excluded, in id order.
     Allowed(Vec<DeviceId>),
+}
+
+/// What the data plane needs to route a conversation's messages ([`Store::conversation_lookup`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConversationLookup {
+    /// The live devices of every member, in id order.
+    pub devices: Vec<DeviceId>,
+    /// Whether members may send: always in a group; in a direct conversation only while the
+    /// two users are friends.
+    pub may_send: bool,
+    /// Sequence numbers reserved for the conversation, never reserved again: `start >= 1`.
+    pub seq: core::ops::Range<u64>,
 }
 
 /// A pending friend request.
@@ -995,6 +1009,80 @@ async fn remove_member<T: Tx>(
     Ok(true)
 }
 
+async fn conversation_lookup<T: Tx>(
+    tx: &mut T,
+    conversation: ConversationId,
+    max: usize,
+    seq_count: u64,
+) -> Result<Option<ConversationLookup>, StoreError> {
+    let Some(kind) = query_one(
+        tx,
+        "SELECT kind FROM conversations WHERE id = $1",
+        &[conversation_id(conversation)],
+    )
+    .await?
+    else {
+        return Ok(None);
+    };
+    let may_send = if ConversationKind::parse(&kind[0].text()?)? == ConversationKind::Direct {
+        let users = tx
+            .query(
+                "SELECT user_id FROM conversation_members WHERE conversation_id = $1
+                 ORDER BY user_id LIMIT 2",
+                &[conversation_id(conversation)],
+            )
+            .await?;
+        match users.as_slice() {
+            [a, b] => {
+                let (low, high) = pair(UserId(a[0].int()?), UserId(b[0].int()?));
+                exists(
+                    tx,
+                    "SELECT 1 FROM friendships WHERE user_low = $1 AND user_high = $2",
+                    &[low, high],
+                )
+                .await?
+            }
+            _ => false,
+        }
+    } else {
+        true
+    };
+    let devices = tx
+        .query(
+            "SELECT d.id FROM conversation_members m JOIN devices d ON d.user_id = m.user_id
+             WHERE m.conversation_id = $1 AND d.revoked_at_ms IS NULL ORDER BY d.id LIMIT $2",
+            &[conversation_id(conversation), limit(max)],
+        )
+        .await?
+        .iter()
+        .map(|r| Ok(DeviceId(convert::blob16(r[0].bytes()?)?)))
+        .collect::<Result<Vec<_>, StoreError>>()?;
+    tx.execute(
+        "INSERT INTO conversation_seq (conversation_id, next) VALUES ($1, 1)
+         ON CONFLICT (conversation_id) DO NOTHING",
+        &[conversation_id(conversation)],
+    )
+    .await?;
+    let count = seq_count.clamp(1, SEQ_BLOCK_MAX);
+    let row = query_one(
+        tx,
+        "UPDATE conversation_seq SET next = next + $2 WHERE conversation_id = $1 RETURNING next",
+        &[conversation_id(conversation), int(count)],
+    )
+    .await?
+    .ok_or_else(|| StoreError::corrupt("conversation_seq row missing after insert"))?;
+    let end = convert::to_u64(row[0].int()?)?;
+    let start = end
+        .checked_sub(count)
+        .filter(|&start| start >= 1)
+        .ok_or_else(|| StoreError::corrupt(format!("conversation_seq next {end}")))?;
+    Ok(Some(ConversationLookup {
+        devices,
+        may_send,
+        seq: start..end,
+    }))
+}
+
 async fn send_check<T: Tx>(
     tx: &mut T,
     device: DeviceId,
@@ -1359,6 +1447,26 @@ impl Store {
         })
     }
 
+    /// The direct conversation of `a` and `b`, if they have one (nothing is created).
+    pub async fn direct_conversation_id(
+        &self,
+        a: UserId,
+        b: UserId,
+    ) -> Result<Option<ConversationId>, StoreError> {
+        let (low, high) = pair(a, b);
+        in_tx!(self, read, |tx| async move {
+            query_one(
+                tx,
+                "SELECT conversation_id FROM direct_conversations
+                 WHERE user_low = $1 AND user_high = $2",
+                &[low, high],
+            )
+            .await?
+            .map(|row| Ok(ConversationId(convert::to_u64(row[0].int()?)?)))
+            .transpose()
+        })
+    }
+
     /// The direct conversation of `a` and `b`, created (with both as members) if it does not
     /// exist yet. Returns its id and whether it was created now.
     pub async fn create_direct_conversation(
@@ -1539,6 +1647,24 @@ impl Store {
         max: usize,
     ) -> Result<SendCheck, StoreError> {
         in_tx!(self, read, |tx| send_check(tx, device, conversation, max))
+    }
+
+    /// For the data plane's conversation routing, in one transaction: the live devices of
+    /// every member (at most `max`), whether members may send, and the next `seq_count`
+    /// (1 ..= [`SEQ_BLOCK_MAX`]) sequence numbers of the conversation, reserved durably so
+    /// that no later call hands them out again. `None` if there is no such conversation.
+    pub async fn conversation_lookup(
+        &self,
+        conversation: ConversationId,
+        max: usize,
+        seq_count: u64,
+    ) -> Result<Option<ConversationLookup>, StoreError> {
+        in_tx!(self, |tx| conversation_lookup(
+            tx,
+            conversation,
+            max,
+            seq_count
+        ))
     }
 
     /// Revokes every live session token of `device` (a logout everywhere). Returns how many.

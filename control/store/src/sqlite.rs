@@ -200,7 +200,8 @@ impl SqliteStore {
     ) -> Result<Vec<StoredEnvelope>, StoreError> {
         self.call(move |conn| {
             let mut stmt = conn.prepare_cached(
-                "SELECT seq, message_id, sender, conversation_id, sent_at_ms, expires_at_ms, body
+                "SELECT seq, message_id, sender, conversation_id, sent_at_ms, expires_at_ms, body,
+                        conversation_seq
                  FROM envelopes
                  WHERE recipient = ?1 AND seq > ?2 AND expires_at_ms > ?3
                  ORDER BY seq LIMIT ?4",
@@ -227,6 +228,7 @@ impl SqliteStore {
                         sent_at_ms: convert::to_u64(row.get(4)?)?,
                         expires_at_ms: convert::to_u64(row.get(5)?)?,
                         body: row.get(6)?,
+                        conversation_seq: convert::to_u64(row.get(7)?)?,
                     },
                 });
             }
@@ -544,8 +546,9 @@ pub(crate) fn write_envelopes(
         let mut counts: BTreeMap<DeviceId, (u64, bool)> = BTreeMap::new();
         let mut insert = tx.prepare_cached(
             "INSERT INTO envelopes
-                 (recipient, message_id, sender, conversation_id, sent_at_ms, expires_at_ms, body)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                 (recipient, message_id, sender, conversation_id, sent_at_ms, expires_at_ms, body,
+                  conversation_seq)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
              ON CONFLICT (recipient, message_id) DO NOTHING",
         )?;
         let mut exists =
@@ -583,6 +586,7 @@ pub(crate) fn write_envelopes(
                 convert::to_i64(envelope.sent_at_ms),
                 convert::to_i64(envelope.expires_at_ms),
                 envelope.body,
+                convert::to_i64(envelope.conversation_seq),
             ])?;
             if inserted == 1 {
                 entry.0 += 1;

@@ -34,6 +34,8 @@ conformance!(
     session_tokens_are_stored_hashed_and_checked,
     invalid_input_is_refused_before_the_database,
     a_lock_held_past_the_busy_timeout_is_transient_and_passes,
+    conversation_lookup_lists_members_and_reserves_increasing_seq_blocks,
+    conversation_seq_is_kept_with_a_stored_envelope,
 );
 
 const NOW: u64 = 1_800_000_000_000;
@@ -56,6 +58,7 @@ fn envelope(to: u8, n: u32) -> Envelope {
         sender: device(200),
         recipient: device(to),
         conversation: None,
+        conversation_seq: 0,
         sent_at_ms: NOW,
         expires_at_ms: LATER,
         body: format!("body {n} for {to}").into_bytes(),
@@ -701,4 +704,126 @@ fn migrate_blocking_needs_no_runtime() {
         (SCHEMA_VERSION_LATEST, SCHEMA_VERSION_LATEST)
     );
     assert!(dir.path().join(control_store::SQLITE_FILE_NAME).exists());
+}
+
+/// Goal: a conversation lookup lists the live devices of the members, says whether they may
+/// send, and reserves sequence numbers that are never handed out twice, also after the store is
+/// opened again (a server restart). Method: a group and a direct conversation changed step by
+/// step, the answer checked after each step.
+async fn conversation_lookup_lists_members_and_reserves_increasing_seq_blocks(kind: Kind) {
+    let t = support::open(kind).await;
+    let alice = t.store.create_user("alice", NOW).await.unwrap();
+    let bob = t.store.create_user("bob", NOW).await.unwrap();
+    let carol = t.store.create_user("carol", NOW).await.unwrap();
+    for (n, user) in [(1, alice), (2, alice), (3, bob), (4, carol)] {
+        t.store.add_device(&new_device(n, user)).await.unwrap();
+    }
+    let group = t.store.create_group(alice, "g", NOW).await.unwrap();
+    t.store
+        .add_member(group, bob, control_store::Role::Member, 100, NOW)
+        .await
+        .unwrap();
+    let first = t
+        .store
+        .conversation_lookup(group, 100, 10)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.devices, vec![device(1), device(2), device(3)]);
+    assert!(first.may_send);
+    assert_eq!(first.seq, 1..11);
+    let second = t
+        .store
+        .conversation_lookup(group, 100, 5)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(second.seq, 11..16);
+    // At most `max` devices.
+    let capped = t
+        .store
+        .conversation_lookup(group, 2, 1)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(capped.devices, vec![device(1), device(2)]);
+    assert_eq!(capped.seq, 16..17);
+    // A revoked device and a removed member drop out.
+    t.store.revoke_device(device(2), NOW).await.unwrap();
+    assert!(t.store.remove_member(group, bob).await.unwrap());
+    let later = t
+        .store
+        .conversation_lookup(group, 100, 1)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(later.devices, vec![device(1)]);
+    // Unknown conversations have no answer (and reserve nothing).
+    let unknown = ConversationId(group.0 + 1000);
+    assert_eq!(
+        t.store.conversation_lookup(unknown, 100, 1).await.unwrap(),
+        None
+    );
+    // After a restart the numbers go on from where they stopped.
+    let reopened = Store::open(&t.config).await.unwrap();
+    let after = reopened
+        .conversation_lookup(group, 100, 3)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(after.seq, 18..21);
+    // A direct conversation may be written to only while its users are friends.
+    let (direct, _) = t
+        .store
+        .create_direct_conversation(alice, carol, NOW)
+        .await
+        .unwrap();
+    assert_eq!(
+        t.store.direct_conversation_id(carol, alice).await.unwrap(),
+        Some(direct)
+    );
+    assert_eq!(
+        t.store.direct_conversation_id(alice, bob).await.unwrap(),
+        None
+    );
+    let strangers = t
+        .store
+        .conversation_lookup(direct, 100, 1)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!strangers.may_send);
+    assert_eq!(strangers.devices, vec![device(1), device(4)]);
+    assert_eq!(strangers.seq, 1..2, "each conversation numbers on its own");
+    t.store.friend_request(alice, carol, NOW).await.unwrap();
+    t.store
+        .accept_friend_request(carol, alice, NOW)
+        .await
+        .unwrap();
+    let friends = t
+        .store
+        .conversation_lookup(direct, 100, 1)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(friends.may_send);
+}
+
+/// Goal: an envelope stored for an offline member keeps its conversation and sequence number,
+/// so the recipient sees them when it is drained. Method: store one, fetch it back.
+async fn conversation_seq_is_kept_with_a_stored_envelope(kind: Kind) {
+    let t = support::open(kind).await;
+    let mut a = envelope(1, 1);
+    a.conversation = Some(ConversationId(9));
+    a.conversation_seq = 1 << 40;
+    t.store.store_envelope(a.clone()).await.unwrap();
+    let committer = GroupCommitter::start(&t.store, CommitConfig::default()).unwrap();
+    let mut b = envelope(1, 2);
+    b.conversation = Some(ConversationId(9));
+    b.conversation_seq = (1 << 40) + 1;
+    committer.store(b.clone()).await.unwrap();
+    let got = t.store.fetch_pending(device(1), 0, 10, NOW).await.unwrap();
+    assert_eq!(got.len(), 2);
+    assert_eq!(got[0].envelope, a);
+    assert_eq!(got[1].envelope, b);
 }

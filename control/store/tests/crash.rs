@@ -51,6 +51,7 @@ fn envelope(round: u8, writer: u8, n: u32) -> Envelope {
         sender: DeviceId([0xee; 16]),
         recipient: DeviceId([(n % u32::from(RECIPIENTS)) as u8; 16]),
         conversation: None,
+        conversation_seq: 0,
         sent_at_ms: NOW,
         expires_at_ms: NOW + 86_400_000,
         body: vec![round ^ writer; 1024],

@@ -2,14 +2,19 @@
 //! benchmarks: it stores envelopes for offline devices **in memory** and drains them, paced,
 //! when a device comes online. `commucat serve` uses the durable control side
 //! (`control-delivery`) instead, through the same protocol with the shards.
+//!
+//! Conversations are whatever the test or benchmark defines through [`Conversations`]; their
+//! sequence numbers start again at 1 with every process (nothing here is durable).
 
-use crate::link::{ControlLinks, WAKER};
+use crate::link::{ControlLinks, Doorbell, WAKER};
 use core::time::Duration;
-use dp_core::{DeviceId, MessageId};
-use dp_shard::{ControlEvent, ControlRequest, Envelope, ShardId};
+use dp_core::{ConversationId, DeviceId, MessageId};
+use dp_shard::{
+    ControlEvent, ControlRequest, ConversationAnswer, ConversationInfo, Envelope, Member, ShardId,
+};
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 /// Stored envelopes sent to one device's session and not yet acknowledged.
 const DRAIN_WINDOW: usize = 64;
@@ -17,6 +22,92 @@ const DRAIN_WINDOW: usize = 64;
 const DRAIN_BUDGET: usize = 1024;
 /// How often unacknowledged drains are sent again.
 const RETRY_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Sequence numbers handed to a shard per lookup.
+const SEQ_BLOCK: u64 = 1024;
+/// Conversations the in-memory control keeps.
+pub const CONVERSATIONS_DEFINED_MAX: usize = 1 << 16;
+
+/// The in-memory control's conversations: a handle from
+/// [`Server::conversations`](crate::Server::conversations) to define them. Each change reaches
+/// every shard as `ConversationChanged`, so the next message sees it.
+#[derive(Clone)]
+pub struct Conversations {
+    inner: Arc<Mutex<Defined>>,
+    bell: Doorbell,
+}
+
+#[derive(Default)]
+struct Defined {
+    members: BTreeMap<ConversationId, Vec<Member>>,
+    changed: Vec<ConversationId>,
+}
+
+impl core::fmt::Debug for Conversations {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Conversations").finish_non_exhaustive()
+    }
+}
+
+impl Conversations {
+    pub(crate) fn new(bell: Doorbell) -> Self {
+        Self {
+            inner: Arc::new(Mutex::new(Defined::default())),
+            bell,
+        }
+    }
+
+    /// Defines conversation `id` (not 0) with these member devices, all of which may send, or
+    /// replaces its members. False if it is new and [`CONVERSATIONS_DEFINED_MAX`] are
+    /// defined.
+    pub fn set(&self, id: ConversationId, devices: &[DeviceId]) -> bool {
+        let members = devices
+            .iter()
+            .map(|&device| Member {
+                device,
+                may_send: true,
+            })
+            .collect();
+        {
+            let mut defined = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+            if id.0 == 0
+                || (!defined.members.contains_key(&id)
+                    && defined.members.len() >= CONVERSATIONS_DEFINED_MAX)
+            {
+                return false;
+            }
+            defined.members.insert(id, members);
+            if defined.changed.len() < CONVERSATIONS_DEFINED_MAX {
+                defined.changed.push(id);
+            }
+        }
+        self.bell.ring();
+        true
+    }
+
+    /// Deletes conversation `id`.
+    pub fn remove(&self, id: ConversationId) {
+        {
+            let mut defined = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+            if defined.members.remove(&id).is_some()
+                && defined.changed.len() < CONVERSATIONS_DEFINED_MAX
+            {
+                defined.changed.push(id);
+            }
+        }
+        self.bell.ring();
+    }
+
+    fn lookup(&self, id: ConversationId) -> Option<Vec<Member>> {
+        let defined = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        defined.members.get(&id).cloned()
+    }
+
+    fn take_changed(&self) -> Vec<ConversationId> {
+        let mut defined = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        core::mem::take(&mut defined.changed)
+    }
+}
 
 /// A device with a live session.
 struct Online {
@@ -33,13 +124,23 @@ struct Control {
     stored: Vec<Envelope>,
     online: BTreeMap<DeviceId, Online>,
     links: ControlLinks,
+    conversations: Conversations,
+    /// The next sequence number to hand out per conversation.
+    seq_next: BTreeMap<ConversationId, u64>,
 }
 
-pub(crate) fn run(mut poll: mio::Poll, links: ControlLinks, stop: Arc<AtomicBool>) {
+pub(crate) fn run(
+    mut poll: mio::Poll,
+    links: ControlLinks,
+    stop: Arc<AtomicBool>,
+    conversations: Conversations,
+) {
     let mut control = Control {
         stored: Vec::new(),
         online: BTreeMap::new(),
         links,
+        conversations,
+        seq_next: BTreeMap::new(),
     };
     let mut events = mio::Events::with_capacity(16);
     let mut last_retry = std::time::Instant::now();
@@ -54,6 +155,13 @@ pub(crate) fn run(mut poll: mio::Poll, links: ControlLinks, stop: Arc<AtomicBool
             busy |= inbox.drain(DRAIN_BUDGET, outbox, |request| requests.push(request)) > 0;
             for request in requests {
                 control.handle(ShardId(u16::try_from(shard).unwrap_or(u16::MAX)), request);
+            }
+        }
+        for conversation in control.conversations.take_changed() {
+            busy = true;
+            for shard in 0..control.links.to_shards.len() {
+                let shard = ShardId(u16::try_from(shard).unwrap_or(u16::MAX));
+                control.send(shard, ControlEvent::ConversationChanged { conversation });
             }
         }
         if last_retry.elapsed() >= RETRY_INTERVAL {
@@ -116,6 +224,22 @@ impl Control {
                 if self.online.get(&device).is_some_and(|o| o.shard == from) {
                     self.online.remove(&device);
                 }
+            }
+            ControlRequest::LookupConversation { conversation } => {
+                let answer = match self.conversations.lookup(conversation) {
+                    Some(members) => {
+                        let next = self.seq_next.entry(conversation).or_insert(1);
+                        let seq = *next..next.saturating_add(SEQ_BLOCK);
+                        *next = seq.end;
+                        ConversationAnswer::Found(Box::new(ConversationInfo { members, seq }))
+                    }
+                    None => ConversationAnswer::NotFound,
+                };
+                let answer = ControlEvent::Conversation {
+                    conversation,
+                    answer,
+                };
+                self.send(from, answer);
             }
             ControlRequest::Acknowledged { device, messages } => {
                 self.stored

@@ -41,6 +41,7 @@ mod shard;
 mod uring;
 
 pub use backend::{Backend, StartError, UringUnavailable, probe_uring};
+pub use control::{CONVERSATIONS_DEFINED_MAX, Conversations};
 pub use port::ControlPort;
 
 use core::net::SocketAddr;
@@ -167,6 +168,8 @@ pub struct Server {
     threads: Vec<JoinHandle<()>>,
     backend: Backend,
     fallback: Option<UringUnavailable>,
+    /// The in-memory control's conversations (none with another control side).
+    conversations: Option<Conversations>,
 }
 
 impl Server {
@@ -241,11 +244,13 @@ impl Server {
             }
         };
         match (side, control_poll, control_bell) {
-            (ControlSide::InMemory, Some(poll), _) => {
+            (ControlSide::InMemory, Some(poll), bell) => {
                 let stop = Arc::clone(&server.stop);
+                let conversations = Conversations::new(bell);
+                server.conversations = Some(conversations.clone());
                 let thread = std::thread::Builder::new()
                     .name("commucat-control".into())
-                    .spawn(move || control::run(poll, control_links, stop))?;
+                    .spawn(move || control::run(poll, control_links, stop, conversations))?;
                 server.threads.push(thread);
             }
             (ControlSide::Attach(attach), _, Doorbell::Task(bell)) => {
@@ -328,6 +333,7 @@ impl Server {
             threads,
             backend: Backend::Epoll,
             fallback: None,
+            conversations: None,
         };
         Ok((server, control_links))
     }
@@ -359,6 +365,7 @@ impl Server {
             threads: Vec::new(),
             backend: Backend::Uring,
             fallback: None,
+            conversations: None,
         };
         let cpus = backend::allowed_cpus();
         let (ready_tx, ready) = std::sync::mpsc::channel();
@@ -402,6 +409,12 @@ impl Server {
         }
         drop(placeholder);
         Ok((server, control_links))
+    }
+
+    /// The conversations of the in-memory control of [`Server::start`], to define for tests
+    /// and benchmarks; `None` with another control side (which keeps its own).
+    pub fn conversations(&self) -> Option<&Conversations> {
+        self.conversations.as_ref()
     }
 
     /// Where the server listens.

@@ -130,6 +130,42 @@ const FIELDS: &[Field] = &[
         |s, _| s.closed_timeout,
     ),
     (
+        "commucat_conversation_sends_total",
+        "Conversation messages fanned out (on the conversation's home shard).",
+        Kind::Counter,
+        |s, _| s.conversation_sends,
+    ),
+    (
+        "commucat_conversation_copies_total",
+        "Copies of conversation messages made for member devices.",
+        Kind::Counter,
+        |s, _| s.conversation_copies,
+    ),
+    (
+        "commucat_conversation_refused_total",
+        "Conversation messages and signals refused (not a member, unknown, may not send).",
+        Kind::Counter,
+        |s, _| s.conversation_refused,
+    ),
+    (
+        "commucat_conversation_lookups_total",
+        "Conversation membership lookups sent to control.",
+        Kind::Counter,
+        |s, _| s.conversation_lookups,
+    ),
+    (
+        "commucat_signals_forwarded_total",
+        "Typing indicators and receipts forwarded to member sessions.",
+        Kind::Counter,
+        |s, _| s.signals_forwarded,
+    ),
+    (
+        "commucat_signals_dropped_total",
+        "Typing indicators and receipts dropped (best effort).",
+        Kind::Counter,
+        |s, _| s.signals_dropped,
+    ),
+    (
         "commucat_link_shed_total",
         "Link messages shed because a backlog was full.",
         Kind::Counter,

@@ -8,7 +8,7 @@
 
 use commucat_client::{Client, ConnectionConfig, Event};
 use core::time::Duration;
-use dp_core::{DeviceId, MessageId, SeededRng};
+use dp_core::{ConversationId, DeviceId, MessageId, SeededRng};
 use dp_io::{Backend, Server, ServerConfig, StartError, UringUnavailable};
 use dp_noise::{Cipher, Pattern, StaticKeypair, Suite};
 use dp_proto::{ErrorCode, Recipient, SendStatus};
@@ -90,6 +90,7 @@ macro_rules! on_both_backends {
 }
 
 on_both_backends!(
+    conversation_fans_out_across_shards_in_sequence,
     relay_between_every_pair_across_two_shards,
     offline_recipient_gets_its_backlog_and_shutdown_says_goaway,
 );
@@ -152,6 +153,72 @@ fn offline_recipient_gets_its_backlog_and_shutdown_says_goaway(backend: Backend)
     server.shutdown();
     assert_eq!(next(&mut a), Got::GoAway(ErrorCode::SHUTTING_DOWN));
     assert_eq!(next(&mut b), Got::GoAway(ErrorCode::SHUTTING_DOWN));
+}
+
+fn conversation_fans_out_across_shards_in_sequence(backend: Backend) {
+    let (server, public, mut rng) = server(backend);
+    let keys: Vec<StaticKeypair> = (0..4).map(|_| StaticKeypair::generate(&mut rng)).collect();
+    let mut clients: Vec<Client<SeededRng>> = keys
+        .iter()
+        .map(|k| connect(server.local_addr(), &public, k))
+        .collect();
+    let conversation = ConversationId(77);
+    let members: Vec<DeviceId> = clients[..3].iter().map(Client::device).collect();
+    assert!(server.conversations().unwrap().set(conversation, &members));
+    let mut last_seq = 0;
+    for i in 1..=5u8 {
+        let from = usize::from(i) % 3;
+        let message = MessageId([i; 16]);
+        clients[from]
+            .send_with_id(message, Recipient::Conversation(conversation), &[i])
+            .unwrap();
+        let sender = clients[from].device();
+        let mut seq = 0;
+        for (to, client) in clients[..3].iter_mut().enumerate() {
+            if to == from {
+                continue;
+            }
+            let event = client
+                .next_event(Duration::from_secs(10))
+                .unwrap()
+                .expect("a delivery");
+            let Event::Delivered(d) = event else {
+                panic!("{event:?}");
+            };
+            assert_eq!(
+                (d.message, d.sender, d.conversation),
+                (message, sender, conversation)
+            );
+            assert!(seq == 0 || seq == d.seq, "one number for every copy");
+            seq = d.seq;
+        }
+        assert!(seq > last_seq, "sequence numbers increase");
+        last_seq = seq;
+        let ack = clients[from]
+            .next_event(Duration::from_secs(10))
+            .unwrap()
+            .expect("an ack");
+        assert!(
+            matches!(ack, Event::SendAck { message: m, status: SendStatus::Delivered | SendStatus::Stored, seq: s } if m == message && s == seq),
+            "{ack:?}"
+        );
+    }
+    // The fourth device is no member: the same answer as for a conversation that does not
+    // exist.
+    for id in [conversation, ConversationId(78)] {
+        clients[3]
+            .send_with_id(MessageId([9; 16]), Recipient::Conversation(id), b"?")
+            .unwrap();
+        let event = clients[3].next_event(Duration::from_secs(10)).unwrap();
+        assert_eq!(
+            event,
+            Some(Event::Error {
+                code: ErrorCode::NOT_FOUND,
+                frame_type: 0x10
+            })
+        );
+    }
+    server.shutdown();
 }
 
 fn serves(server: &Server, public: &[u8; 32], rng: &mut SeededRng) {

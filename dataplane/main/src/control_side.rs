@@ -12,8 +12,8 @@ use std::path::Path;
 use std::sync::Arc;
 use tokio::sync::{mpsc, watch};
 
-/// Revocations waiting to reach the shards, at most.
-const REVOCATIONS_QUEUED_MAX: usize = 1024;
+/// Commands (revocations, membership changes) waiting to reach the shards, at most.
+const COMMANDS_QUEUED_MAX: usize = 1024;
 
 /// A running control side.
 pub(crate) struct ControlSide {
@@ -34,7 +34,7 @@ impl ControlSide {
         store_config: &StoreConfig,
         data_dir: &Path,
         api_listen: Option<SocketAddr>,
-    ) -> Result<(Self, mpsc::Receiver<dp_core::DeviceId>)> {
+    ) -> Result<(Self, mpsc::Receiver<control_core::ControlCommand>)> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("commucat-control")
@@ -47,7 +47,7 @@ impl ControlSide {
         let committer = GroupCommitter::start(&store, CommitConfig::default())
             .context("cannot start the store's committer")?;
         let (stop, _) = watch::channel(false);
-        let (revoke_tx, revoke_rx) = mpsc::channel(REVOCATIONS_QUEUED_MAX);
+        let (revoke_tx, revoke_rx) = mpsc::channel(COMMANDS_QUEUED_MAX);
         let control = Arc::new(control_core::Control::new(
             store.clone(),
             Box::new(control_core::SystemClock),
@@ -72,7 +72,7 @@ impl ControlSide {
         &mut self,
         listen: SocketAddr,
         data_dir: &Path,
-        revocations: mpsc::Sender<dp_core::DeviceId>,
+        revocations: mpsc::Sender<control_core::ControlCommand>,
     ) -> Result<SocketAddr> {
         let credential_path = data_dir.join("admin.credential");
         let admin = if credential_path.exists() {
@@ -89,7 +89,7 @@ impl ControlSide {
         }
         .context("admin credential")?;
         let control = Arc::clone(&self.control);
-        let (commands, mut command_rx) = mpsc::channel(REVOCATIONS_QUEUED_MAX);
+        let (commands, mut command_rx) = mpsc::channel(COMMANDS_QUEUED_MAX);
         let config = control_api::ApiConfig {
             bind: listen,
             ..control_api::ApiConfig::default()
@@ -109,11 +109,11 @@ impl ControlSide {
                 esay!("REST API stopped: {error}");
             }
         });
-        // Revocations from the API reach the shards through the delivery loop.
+        // Revocations and membership changes from the API reach the shards through the
+        // delivery loop.
         self.runtime.spawn(async move {
             while let Some(command) = command_rx.recv().await {
-                let control_core::ControlCommand::RevokeDevice(device) = command;
-                if revocations.send(device).await.is_err() {
+                if revocations.send(command).await.is_err() {
                     return;
                 }
             }
@@ -127,7 +127,11 @@ impl ControlSide {
     }
 
     /// Serves the shards' links from now on.
-    pub(crate) fn attach(&mut self, port: ControlPort, revoked: mpsc::Receiver<dp_core::DeviceId>) {
+    pub(crate) fn attach(
+        &mut self,
+        port: ControlPort,
+        commands: mpsc::Receiver<control_core::ControlCommand>,
+    ) {
         let Some(committer) = self.committer.take() else {
             return;
         };
@@ -136,7 +140,7 @@ impl ControlSide {
         let stop = self.stop.subscribe();
         self.delivery = Some(self.runtime.spawn(async move {
             let config = control_delivery::DeliveryConfig::default();
-            control_delivery::run(port, store, control, &committer, config, stop, revoked).await;
+            control_delivery::run(port, store, control, &committer, config, stop, commands).await;
             // Commits what is still queued, off the runtime's workers.
             let _ = tokio::task::spawn_blocking(move || committer.close()).await;
         }));

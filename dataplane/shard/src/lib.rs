@@ -33,16 +33,22 @@
 #![warn(missing_docs)]
 
 mod conn;
+mod conversation;
 mod route;
 mod timers;
 
 pub use conn::{ConnId, HandOff};
+pub use conversation::{
+    CACHED_MEMBER_DEVICES_MAX, CONVERSATION_CACHE_TTL, CONVERSATION_LOOKUPS_MAX,
+    CONVERSATIONS_CACHED_MAX, ConversationAnswer, ConversationInfo, FANOUTS_MAX,
+    MEMBER_DEVICES_MAX, Member, SENDS_WAITING_PER_CONVERSATION_MAX, conversation_home,
+};
 pub use route::{Envelope, Origin, home_shard};
 
 use conn::{Conn, ConnState, Established};
 use core::net::SocketAddr;
 use core::time::Duration;
-use dp_core::{DeviceId, Instant, MessageId, Rng};
+use dp_core::{ConversationId, DeviceId, Instant, MessageId, Rng};
 use dp_noise::{HandshakeError, Responder, ResponderConfig, ResponderEvent, StaticKeypair};
 use dp_proto::{ErrorCode, FrameAssembler, SendStatus};
 use std::collections::{BTreeMap, VecDeque};
@@ -169,8 +175,23 @@ pub enum ShardMessage {
         message: MessageId,
         /// Delivered or stored.
         status: SendStatus,
+        /// The message's per-conversation sequence number, 0 if none.
+        seq: u64,
         /// The spent copy, returned to the shard that made it for reuse.
         envelope: Option<Box<Envelope>>,
+    },
+    /// An envelope box sent back to the shard that made it, for reuse (a conversation's
+    /// batch, once its copies are made), so boxes do not pile up on one shard.
+    Spare(Box<Envelope>),
+    /// A conversation message was refused by the conversation's home shard: its sender hears
+    /// `Error(code)` (`NOT_FOUND` for a non-member and an unknown conversation alike).
+    Rejected {
+        /// Where the message came from.
+        origin: Origin,
+        /// The conversation.
+        conversation: ConversationId,
+        /// Why.
+        code: ErrorCode,
     },
 }
 
@@ -202,6 +223,12 @@ pub enum ControlRequest {
     SessionClosed {
         /// The device.
         device: DeviceId,
+    },
+    /// Who is in this conversation, and the next block of its sequence numbers: answer with
+    /// [`ControlEvent::Conversation`] to the asking shard (the conversation's home).
+    LookupConversation {
+        /// The conversation.
+        conversation: ConversationId,
     },
 }
 
@@ -275,10 +302,24 @@ pub enum ControlEvent {
         message: MessageId,
     },
     /// The device was revoked: end its live session on this shard, its home, with
-    /// `Error(DEVICE_REVOKED)`. What it had in flight is stored.
+    /// `Error(DEVICE_REVOKED)`. What it had in flight is stored. Sent to every shard: each
+    /// forgets the cached conversations the device is a member of.
     Revoke {
         /// The device.
         device: DeviceId,
+    },
+    /// The answer to [`ControlRequest::LookupConversation`].
+    Conversation {
+        /// The conversation.
+        conversation: ConversationId,
+        /// Its members and sequence block, or why not.
+        answer: ConversationAnswer,
+    },
+    /// The conversation's membership changed (or it was deleted): forget what is cached of
+    /// it and ask again on its next message.
+    ConversationChanged {
+        /// The conversation.
+        conversation: ConversationId,
     },
 }
 
@@ -315,6 +356,19 @@ pub struct ShardStats {
     pub closed_protocol: u64,
     /// Connections closed by the idle or handshake timeout.
     pub closed_timeout: u64,
+    /// Conversation messages fanned out (counted once, on the conversation's home shard).
+    pub conversation_sends: u64,
+    /// Copies of conversation messages made for member devices.
+    pub conversation_copies: u64,
+    /// Conversation messages and signals refused: not a member, unknown conversation, or no
+    /// right to send.
+    pub conversation_refused: u64,
+    /// Membership lookups sent to control.
+    pub conversation_lookups: u64,
+    /// Typing indicators and receipts forwarded to a member device's session.
+    pub signals_forwarded: u64,
+    /// Typing indicators and receipts dropped (a full queue, a lookup limit, no member).
+    pub signals_dropped: u64,
 }
 
 /// A device's live session on its home shard.
@@ -359,6 +413,8 @@ pub struct Shard<R: Rng> {
     epochs: u64,
     /// Handshake and idle deadlines.
     timers: timers::Timers,
+    /// Conversations homed here: cached membership, lookups, fan-outs.
+    conversations: conversation::Table,
 }
 
 impl<R: Rng> core::fmt::Debug for Shard<R> {
@@ -390,6 +446,7 @@ impl<R: Rng> Shard<R> {
             wall_clock: (now, 0),
             epochs: 0,
             timers: timers::Timers::default(),
+            conversations: conversation::Table::default(),
         }
     }
 
@@ -654,9 +711,13 @@ impl<R: Rng> Shard<R> {
     }
 
     fn send_error(&mut self, id: ConnId, code: ErrorCode, reference: u64) {
+        self.send_error_about(id, code, 0, reference);
+    }
+
+    fn send_error_about(&mut self, id: ConnId, code: ErrorCode, frame_type: u8, reference: u64) {
         let frame = dp_proto::Frame::Error(dp_proto::ErrorFrame {
             code,
-            frame_type: 0,
+            frame_type,
             reference,
             reason: "",
         });
@@ -806,26 +867,35 @@ impl<R: Rng> Shard<R> {
     }
 
     /// A message from another shard.
-    pub fn handle_shard_message(&mut self, _now: Instant, message: ShardMessage) {
+    pub fn handle_shard_message(&mut self, now: Instant, message: ShardMessage) {
         match message {
-            ShardMessage::Envelope(envelope) => route::deliver_or_store(self, envelope),
+            ShardMessage::Envelope(envelope) => route::from_shard(self, now, envelope),
             ShardMessage::Outcome {
                 origin,
                 message,
                 status,
+                seq,
                 envelope,
-            } => {
-                route::acknowledge(self, origin, message, status, None);
-                if let Some(envelope) = envelope {
-                    route::recycle(self, envelope);
-                }
-            }
+            } => route::acknowledge_seq(self, origin, message, status, seq, envelope),
+            ShardMessage::Rejected {
+                origin,
+                conversation,
+                code,
+            } => conversation::rejected(self, origin, conversation, code),
+            ShardMessage::Spare(envelope) => route::recycle(self, envelope),
         }
     }
 
     /// An event from control.
-    pub fn handle_control(&mut self, _now: Instant, event: ControlEvent) {
+    pub fn handle_control(&mut self, now: Instant, event: ControlEvent) {
         match event {
+            ControlEvent::Conversation {
+                conversation,
+                answer,
+            } => conversation::answered(self, now, conversation, answer),
+            ControlEvent::ConversationChanged { conversation } => {
+                conversation::changed(self, conversation);
+            }
             ControlEvent::Stored { origin, message } => {
                 route::acknowledge(self, origin, message, SendStatus::Stored, None);
             }
@@ -848,6 +918,7 @@ impl<R: Rng> Shard<R> {
                 route::acknowledge(self, origin, message, SendStatus::Retry, None);
             }
             ControlEvent::Revoke { device } => {
+                conversation::device_revoked(self, device);
                 if let Some(online) = self.online.get(&device) {
                     let conn = online.conn;
                     self.send_error(conn, ErrorCode::DEVICE_REVOKED, 0);
@@ -875,6 +946,11 @@ impl<R: Rng> Shard<R> {
     pub fn handle_refused(&mut self, envelope: Box<Envelope>) {
         route::refuse(self, &envelope);
         route::recycle(self, envelope);
+    }
+
+    /// Conversations whose membership this shard has cached.
+    pub fn conversations_cached(&self) -> usize {
+        self.conversations.cached_len()
     }
 
     /// Expires idle connections and handshakes, rotates the responder's secrets.

@@ -6,6 +6,7 @@
 //! control acknowledges storage to the origin shard.
 
 use crate::conn::{ConnId, ConnState};
+use crate::conversation::{self, FanoutId, Signal, Stage};
 use crate::{CloseReason, ControlRequest, Shard, ShardEvent, ShardId, ShardMessage};
 use dp_core::limits::FRAME_LEN_MAX;
 use dp_core::{ConversationId, DeviceId, Instant, MessageId, Rng};
@@ -22,6 +23,19 @@ pub struct Origin {
     pub shard: ShardId,
     /// The sender's connection on that shard.
     pub conn: ConnId,
+    /// For a copy of a conversation message: the fan-out on `shard` (the conversation's home)
+    /// that counts the copies' outcomes before the sender hears one.
+    pub(crate) fanout: FanoutId,
+}
+
+impl Origin {
+    pub(crate) const fn session(shard: ShardId, conn: ConnId) -> Self {
+        Self {
+            shard,
+            conn,
+            fanout: FanoutId::NONE,
+        }
+    }
 }
 
 /// An envelope in flight between shards or to storage. The body is opaque ciphertext.
@@ -31,8 +45,14 @@ pub struct Envelope {
     pub message: MessageId,
     /// The authenticated sender.
     pub sender: DeviceId,
-    /// The recipient.
+    /// The recipient (unused while a conversation message travels to the conversation's
+    /// home shard).
     pub recipient: DeviceId,
+    /// The conversation, or 0 for a message to one device.
+    pub conversation: ConversationId,
+    /// The per-conversation sequence number, 0 until the conversation's home shard assigns
+    /// one (and for a message to one device).
+    pub seq: u64,
     /// When the server accepted it.
     pub sent_at_ms: u64,
     /// The opaque body.
@@ -41,6 +61,13 @@ pub struct Envelope {
     pub origin: Origin,
     /// The session epoch of the recipient whose `Store` count this envelope is in (0: none).
     counted: u64,
+    /// Whether it still goes to its conversation's home shard or already to its recipient.
+    pub(crate) stage: Stage,
+    /// A typing indicator or receipt (best effort, never stored) instead of a message.
+    pub(crate) signal: Signal,
+    /// For [`Stage::Members`]: the member devices homed on the receiving shard, one copy
+    /// each (so a fan-out spends one link credit per shard, not per member).
+    pub(crate) members: Vec<DeviceId>,
 }
 
 /// An envelope borrowed from a received frame, copied only if it must outlive it.
@@ -48,15 +75,19 @@ pub(crate) struct EnvelopeRef<'a> {
     pub(crate) message: MessageId,
     pub(crate) sender: DeviceId,
     pub(crate) recipient: DeviceId,
+    pub(crate) conversation: ConversationId,
+    pub(crate) seq: u64,
     pub(crate) sent_at_ms: u64,
     pub(crate) body: &'a [u8],
     pub(crate) origin: Origin,
+    pub(crate) stage: Stage,
+    pub(crate) signal: Signal,
 }
 
 impl EnvelopeRef<'_> {
     /// A boxed copy, in a recycled box when the shard has one (steady relaying allocates
     /// nothing).
-    fn to_boxed<R: Rng>(&self, shard: &mut Shard<R>) -> Box<Envelope> {
+    pub(crate) fn to_boxed<R: Rng>(&self, shard: &mut Shard<R>) -> Box<Envelope> {
         let mut boxed = shard.spare_envelopes.pop().unwrap_or_else(|| {
             Box::new(Envelope::from_storage(
                 self.message,
@@ -69,11 +100,16 @@ impl EnvelopeRef<'_> {
         boxed.message = self.message;
         boxed.sender = self.sender;
         boxed.recipient = self.recipient;
+        boxed.conversation = self.conversation;
+        boxed.seq = self.seq;
         boxed.sent_at_ms = self.sent_at_ms;
         boxed.body.clear();
         boxed.body.extend_from_slice(self.body);
         boxed.origin = self.origin;
         boxed.counted = 0;
+        boxed.stage = self.stage;
+        boxed.signal = self.signal;
+        boxed.members.clear();
         boxed
     }
 }
@@ -82,6 +118,7 @@ impl EnvelopeRef<'_> {
 pub(crate) fn recycle<R: Rng>(shard: &mut Shard<R>, envelope: Box<Envelope>) {
     if shard.spare_envelopes.len() < crate::conn::SPARE_ENVELOPES_MAX
         && envelope.body.capacity() <= crate::conn::SPARE_BODY_CAPACITY_MAX
+        && envelope.members.capacity() <= conversation::SPARE_MEMBERS_CAPACITY_MAX
     {
         shard.spare_envelopes.push(envelope);
     }
@@ -102,14 +139,25 @@ impl Envelope {
             message,
             sender,
             recipient,
+            conversation: ConversationId(0),
+            seq: 0,
             sent_at_ms,
             body,
-            origin: Origin {
-                shard: ShardId(0),
-                conn: ConnId::DANGLING,
-            },
+            origin: Origin::session(ShardId(0), ConnId::DANGLING),
             counted: 0,
+            stage: Stage::Device,
+            signal: Signal::None,
+            members: Vec::new(),
         }
+    }
+
+    /// The same envelope as a copy of message `seq` of `conversation` (one read back from
+    /// storage keeps the conversation and sequence number it was stored with).
+    #[must_use]
+    pub fn in_conversation(mut self, conversation: ConversationId, seq: u64) -> Self {
+        self.conversation = conversation;
+        self.seq = seq;
+        self
     }
 
     pub(crate) fn borrowed(&self) -> EnvelopeRef<'_> {
@@ -117,9 +165,13 @@ impl Envelope {
             message: self.message,
             sender: self.sender,
             recipient: self.recipient,
+            conversation: self.conversation,
+            seq: self.seq,
             sent_at_ms: self.sent_at_ms,
             body: &self.body,
             origin: self.origin,
+            stage: self.stage,
+            signal: self.signal,
         }
     }
 }
@@ -198,6 +250,37 @@ pub(crate) fn handle_frame<R: Rng>(
         }
         Frame::Send(send) => handle_send(shard, now, id, device, &send),
         Frame::DeliveryAck(ack) => handle_delivery_ack(shard, id, device, ack.messages.iter()),
+        Frame::Typing(typing) => {
+            conversation::signal(
+                shard,
+                now,
+                id,
+                device,
+                typing.conversation,
+                Signal::Typing(typing.state),
+                &[],
+            );
+        }
+        Frame::Receipt(receipt) => {
+            // The ids travel as their wire bytes (16 each, at most `RECEIPTS_PER_FRAME_MAX`).
+            let mut ids = [0u8; conversation::RECEIPT_BYTES_MAX];
+            let mut len = 0;
+            for message in receipt.messages.iter() {
+                if let Some(slot) = ids.get_mut(len..len + 16) {
+                    slot.copy_from_slice(&message.0);
+                    len += 16;
+                }
+            }
+            conversation::signal(
+                shard,
+                now,
+                id,
+                device,
+                receipt.conversation,
+                Signal::Receipt(receipt.kind),
+                &ids[..len],
+            );
+        }
         Frame::Request(request) => {
             if session.requests_open >= REQUESTS_OPEN_MAX {
                 let response = Frame::Response(dp_proto::Response {
@@ -210,10 +293,7 @@ pub(crate) fn handle_frame<R: Rng>(
             }
             session.requests_open += 1;
             let operation = crate::Operation {
-                origin: Origin {
-                    shard: shard.config.shard,
-                    conn: id,
-                },
+                origin: Origin::session(shard.config.shard, id),
                 peer: session.peer.clone(),
                 request_id: request.request_id,
                 op: request.op,
@@ -238,9 +318,20 @@ fn handle_send<R: Rng>(
 ) {
     let recipient = match send.recipient {
         Recipient::Device(device) => device,
-        // Conversations need membership checks from control; until then they are refused.
-        Recipient::Conversation(_) => {
-            shard.send_error(id, ErrorCode::FORBIDDEN, 0);
+        Recipient::Conversation(conversation) => {
+            let envelope = EnvelopeRef {
+                message: send.message,
+                sender,
+                recipient: DeviceId([0; 16]),
+                conversation,
+                seq: 0,
+                sent_at_ms: shard.unix_ms(now),
+                body: send.body,
+                origin: Origin::session(shard.config.shard, id),
+                stage: Stage::Conversation,
+                signal: Signal::None,
+            };
+            conversation::submit_ref(shard, now, &envelope);
             return;
         }
     };
@@ -254,12 +345,13 @@ fn handle_send<R: Rng>(
         message: send.message,
         sender,
         recipient,
+        conversation: ConversationId(0),
+        seq: 0,
         sent_at_ms,
         body: send.body,
-        origin: Origin {
-            shard: shard.config.shard,
-            conn: id,
-        },
+        origin: Origin::session(shard.config.shard, id),
+        stage: Stage::Device,
+        signal: Signal::None,
     };
     if home == shard.config.shard {
         // The fast path: encode the Deliver straight from the borrowed Send; the sender is
@@ -306,7 +398,19 @@ fn store<R: Rng>(shard: &mut Shard<R>, mut envelope: Box<Envelope>) {
         .push_back(ShardEvent::ToControl(ControlRequest::Store(envelope)));
 }
 
-/// An envelope from another shard for a device homed here.
+/// An envelope from another shard: a conversation message for its home here, a typing
+/// indicator or receipt, or an envelope for a device homed here.
+pub(crate) fn from_shard<R: Rng>(shard: &mut Shard<R>, now: Instant, envelope: Box<Envelope>) {
+    if envelope.stage == Stage::Conversation {
+        conversation::submit(shard, now, envelope);
+    } else if envelope.stage == Stage::Members {
+        conversation::copy_to_members(shard, envelope);
+    } else {
+        deliver_or_store(shard, envelope);
+    }
+}
+
+/// An envelope for a device homed here.
 pub(crate) fn deliver_or_store<R: Rng>(shard: &mut Shard<R>, envelope: Box<Envelope>) {
     match live_target(shard, envelope.recipient) {
         Some(target) => {
@@ -367,8 +471,8 @@ fn queue_deliver<R: Rng>(shard: &mut Shard<R>, target: ConnId, envelope: &Envelo
     let deliver = Frame::Deliver(Deliver {
         message: envelope.message,
         sender: envelope.sender,
-        conversation: ConversationId(0),
-        seq: 0,
+        conversation: envelope.conversation,
+        seq: envelope.seq,
         sent_at_ms: envelope.sent_at_ms,
         body: envelope.body,
     });
@@ -448,7 +552,25 @@ pub(crate) fn store_inflight<R: Rng>(
 /// An envelope the IO layer could not send for lack of link credit: undo its count as a
 /// store, and tell its sender to send it again.
 pub(crate) fn refuse<R: Rng>(shard: &mut Shard<R>, envelope: &Envelope) {
+    if envelope.signal != Signal::None {
+        // Best effort: dropped and counted.
+        shard.stats.signals_dropped += 1;
+        return;
+    }
     shard.stats.refused += 1;
+    if envelope.stage == Stage::Members {
+        // Every copy the batch stood for is refused.
+        for _ in &envelope.members {
+            acknowledge(
+                shard,
+                envelope.origin,
+                envelope.message,
+                SendStatus::Retry,
+                None,
+            );
+        }
+        return;
+    }
     if let Some(online) = shard.online.get_mut(&envelope.recipient)
         && envelope.counted != 0
         && envelope.counted == online.epoch
@@ -498,8 +620,41 @@ pub(crate) fn acknowledge<R: Rng>(
     status: SendStatus,
     envelope: Option<Box<Envelope>>,
 ) {
-    if origin.shard == shard.config.shard {
-        ack(shard, origin.conn, message, status);
+    acknowledge_seq(shard, origin, message, status, 0, envelope);
+}
+
+/// [`acknowledge`] with the message's per-conversation sequence number.
+pub(crate) fn acknowledge_seq<R: Rng>(
+    shard: &mut Shard<R>,
+    origin: Origin,
+    message: MessageId,
+    status: SendStatus,
+    seq: u64,
+    envelope: Option<Box<Envelope>>,
+) {
+    if origin.shard == shard.config.shard && origin.fanout != FanoutId::NONE {
+        // One copy of a conversation message: counted by its fan-out here.
+        if let Some(envelope) = envelope {
+            recycle(shard, envelope);
+        }
+        conversation::copy_outcome(shard, origin.fanout, status);
+    } else if origin.fanout != FanoutId::NONE {
+        // A copy made here from a batch: its box stays here (the batch went back).
+        if let Some(envelope) = envelope {
+            recycle(shard, envelope);
+        }
+        shard.events.push_back(ShardEvent::ToShard {
+            to: origin.shard,
+            message: ShardMessage::Outcome {
+                origin,
+                message,
+                status,
+                seq,
+                envelope: None,
+            },
+        });
+    } else if origin.shard == shard.config.shard {
+        ack(shard, origin.conn, message, status, seq);
         if let Some(envelope) = envelope {
             recycle(shard, envelope);
         }
@@ -510,19 +665,20 @@ pub(crate) fn acknowledge<R: Rng>(
                 origin,
                 message,
                 status,
+                seq,
                 envelope,
             },
         });
     }
 }
 
-fn ack<R: Rng>(shard: &mut Shard<R>, id: ConnId, message: MessageId, status: SendStatus) {
+fn ack<R: Rng>(shard: &mut Shard<R>, id: ConnId, message: MessageId, status: SendStatus, seq: u64) {
     shard.send_frame(
         id,
         &Frame::SendAck(SendAck {
             message,
             status,
-            seq: 0,
+            seq,
         }),
     );
 }

@@ -3,16 +3,17 @@
 //! sender's record in, sealing the Deliver for the recipient (and keeping its copy until
 //! acknowledged), taking the recipient's DeliveryAck in, and sealing the SendAck for the
 //! sender — while two devices exchange 1 KiB messages after a warm-up, on one shard and across
-//! two (where the envelope crosses in a recycled box and the box comes back with the outcome).
+//! two (where the envelope crosses in a recycled box and the box comes back with the outcome),
+//! and for a conversation message fanned out to two members on the conversation's home shard.
 #![allow(unsafe_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 
 use common::*;
-use dp_core::MessageId;
+use dp_core::{ConversationId, MessageId, SeededRng};
 use dp_noise::StreamSession;
 use dp_proto::{DeliveryAck, Frame, MessageIds, Recipient, SendFrame};
-use dp_shard::ShardEvent;
+use dp_shard::{Shard, ShardEvent, conversation_home};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
@@ -186,4 +187,171 @@ fn relaying_across_shards_allocates_nothing_at_steady_state() {
     assert_eq!(allocations, 0, "allocations while relaying 2 000 messages");
     assert_eq!(w.shards[0].stats().routed_remote, 2_064);
     assert_eq!(w.shards[1].stats().delivered_local, 2_064);
+}
+
+#[test]
+fn fanning_out_a_conversation_message_allocates_nothing_at_steady_state() {
+    let mut w = World::new();
+    // Enough sequence numbers that no lookup happens while counting.
+    w.seq_block = 1 << 20;
+    let a = w.connect(0, 0, xk());
+    let b = w.connect(0, 0, xk());
+    let c = w.connect(0, 0, xk());
+    let conv = (1..)
+        .find(|&id| conversation_home(ConversationId(id), SHARDS, KEY).0 == 0)
+        .unwrap();
+    w.set_conversation(conv, &[a, b, c]);
+    // Warm-up through the world (the first message asks control for the members).
+    for i in 0..64u8 {
+        w.send_to_conversation(a, conv, i, &[0x42; 1024]);
+    }
+    let body = vec![0x42u8; 1024];
+    let mut records = Vec::new();
+    for i in 1_000..3_000u32 {
+        let ids = [message_id(i)];
+        let send = Frame::Send(SendFrame {
+            message: ids[0],
+            recipient: Recipient::Conversation(ConversationId(conv)),
+            body: &body,
+        });
+        let ack = Frame::DeliveryAck(DeliveryAck {
+            messages: MessageIds::new(&ids),
+        });
+        let records_for = (
+            seal(&mut w, a, &send),
+            seal(&mut w, b, &ack),
+            seal(&mut w, c, &ack),
+        );
+        records.push(records_for);
+    }
+    let (ca, cb, cc) = (w.clients[a].conn, w.clients[b].conn, w.clients[c].conn);
+    let now = w.now;
+    let s = &mut w.shards[0];
+    let sends_before = s.stats().conversation_sends;
+    COUNT.with(|count| count.set(0));
+    for (send, ack_b, ack_c) in &records {
+        ARMED.with(|armed| armed.set(true));
+        s.handle_received(now, ca, send);
+        let to_b = s.poll_transmit(now, cb).len();
+        s.handle_written(cb, to_b);
+        let to_c = s.poll_transmit(now, cc).len();
+        s.handle_written(cc, to_c);
+        s.handle_received(now, cb, ack_b);
+        s.handle_received(now, cc, ack_c);
+        let send_ack = s.poll_transmit(now, ca).len();
+        s.handle_written(ca, send_ack);
+        ARMED.with(|armed| armed.set(false));
+        assert!(
+            to_b > 1024 && to_c > 1024 && send_ack > 0,
+            "two Delivers and a SendAck"
+        );
+        assert!(s.poll_event().is_none(), "a local fan-out raises no event");
+    }
+    let allocations = COUNT.with(Cell::get);
+    assert_eq!(
+        allocations, 0,
+        "allocations while fanning out 2 000 messages"
+    );
+    assert_eq!(s.stats().conversation_sends - sends_before, 2_000);
+}
+
+/// Moves every `ToShard` message between the two shards until neither has one; any other
+/// event fails the test.
+fn shuttle(now: dp_core::Instant, s0: &mut Shard<SeededRng>, s1: &mut Shard<SeededRng>) {
+    loop {
+        let mut moved = false;
+        while let Some(event) = s0.poll_event() {
+            let ShardEvent::ToShard { message, .. } = event else {
+                panic!("only shard messages: {event:?}");
+            };
+            s1.handle_shard_message(now, message);
+            moved = true;
+        }
+        while let Some(event) = s1.poll_event() {
+            let ShardEvent::ToShard { message, .. } = event else {
+                panic!("only shard messages: {event:?}");
+            };
+            s0.handle_shard_message(now, message);
+            moved = true;
+        }
+        if !moved {
+            return;
+        }
+    }
+}
+
+#[test]
+fn fanning_out_across_shards_allocates_nothing_at_steady_state() {
+    let mut w = World::new();
+    w.seq_block = 1 << 20;
+    // The sender and two members on shard 0, the conversation and a third member on shard 1:
+    // the message crosses to its home, a batch comes back for the two, outcomes cross again.
+    let a = w.connect(0, 0, xk());
+    let b = w.connect(0, 0, xk());
+    let c = w.connect(0, 0, xk());
+    let d = w.connect(1, 1, xk());
+    let conv = (1..)
+        .find(|&id| conversation_home(ConversationId(id), SHARDS, KEY).0 == 1)
+        .unwrap();
+    w.set_conversation(conv, &[a, b, c, d]);
+    for i in 0..64u8 {
+        w.send_to_conversation(a, conv, i, &[0x42; 1024]);
+    }
+    let body = vec![0x42u8; 1024];
+    let mut records = Vec::new();
+    for i in 1_000..3_000u32 {
+        let ids = [message_id(i)];
+        let send = Frame::Send(SendFrame {
+            message: ids[0],
+            recipient: Recipient::Conversation(ConversationId(conv)),
+            body: &body,
+        });
+        let ack = Frame::DeliveryAck(DeliveryAck {
+            messages: MessageIds::new(&ids),
+        });
+        let acks = [
+            seal(&mut w, b, &ack),
+            seal(&mut w, c, &ack),
+            seal(&mut w, d, &ack),
+        ];
+        records.push((seal(&mut w, a, &send), acks));
+    }
+    let conns = [a, b, c, d].map(|x| w.clients[x].conn);
+    let now = w.now;
+    let (left, right) = w.shards.split_at_mut(1);
+    let (s0, s1) = (&mut left[0], &mut right[0]);
+    let copies_before = s0.stats().conversation_copies + s1.stats().conversation_copies;
+    COUNT.with(|count| count.set(0));
+    for (send, [ack_b, ack_c, ack_d]) in &records {
+        ARMED.with(|armed| armed.set(true));
+        s0.handle_received(now, conns[0], send);
+        shuttle(now, s0, s1);
+        let mut delivered = 0;
+        for conn in [conns[1], conns[2]] {
+            let n = s0.poll_transmit(now, conn).len();
+            s0.handle_written(conn, n);
+            delivered += usize::from(n > 1024);
+        }
+        let n = s1.poll_transmit(now, conns[3]).len();
+        s1.handle_written(conns[3], n);
+        delivered += usize::from(n > 1024);
+        s0.handle_received(now, conns[1], ack_b);
+        s0.handle_received(now, conns[2], ack_c);
+        s1.handle_received(now, conns[3], ack_d);
+        shuttle(now, s0, s1);
+        let send_ack = s0.poll_transmit(now, conns[0]).len();
+        s0.handle_written(conns[0], send_ack);
+        ARMED.with(|armed| armed.set(false));
+        assert!(
+            delivered == 3 && send_ack > 0,
+            "three Delivers and a SendAck"
+        );
+    }
+    let allocations = COUNT.with(Cell::get);
+    assert_eq!(
+        allocations, 0,
+        "allocations while fanning out 2 000 messages"
+    );
+    let copies = s0.stats().conversation_copies + s1.stats().conversation_copies;
+    assert_eq!(copies - copies_before, 6_000);
 }

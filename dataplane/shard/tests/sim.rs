@@ -11,10 +11,14 @@
 //! - a sender gets at most one acknowledgement (`Delivered` or `Stored`) per envelope;
 //! - order per recipient: if envelope A was acknowledged before envelope B from the same sender
 //!   to the same recipient was first sent, the recipient's application sees A before B;
-//! - every ring holds no more envelopes than its credits allow.
+//! - every ring holds no more envelopes than its credits allow;
+//! - a conversation message (every device is a member of one conversation) reaches only the
+//!   other members, under its true sender, and each member's application sees the
+//!   conversation's messages in increasing sequence numbers (docs/design/0013).
 //!
 //! And at the end, once every device is back and everything drains: every acknowledged
-//! envelope reached its recipient's application exactly once, and storage is empty.
+//! envelope reached its recipient's application exactly once (a conversation message: every
+//! other member's), and storage is empty.
 //!
 //! `DP_SIM_SEED=<n>` replays one seed; `DP_SIM_SEEDS=<n>` sweeps seeds 0..n (default 64).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -23,7 +27,7 @@ mod common;
 
 use common::*;
 use core::time::Duration;
-use dp_core::{DeviceId, MessageId, SeededRng};
+use dp_core::{ConversationId, DeviceId, MessageId, SeededRng};
 use dp_noise::StaticKeypair;
 use dp_proto::{Frame, Recipient, SendFrame, SendStatus};
 use dp_shard::{CloseReason, ShardConfig, ShardMessage};
@@ -31,6 +35,10 @@ use std::collections::{BTreeMap, BTreeSet};
 
 const DEVICES: usize = 6;
 const STEPS: usize = 250;
+/// `Sent::to` of a message to the conversation.
+const CONV: usize = usize::MAX;
+/// The conversation every device is a member of.
+const CONV_ID: u64 = 5;
 
 /// One envelope as its sending application sees it.
 struct Sent {
@@ -56,6 +64,8 @@ struct Run {
     app: Vec<Vec<MessageId>>,
     /// Per client: how many of its `got` entries have been processed.
     seen: Vec<usize>,
+    /// Per device: the sequence number of the last conversation message its application saw.
+    last_seq: Vec<u64>,
     tick: u64,
     next_id: u32,
 }
@@ -73,6 +83,11 @@ impl Run {
         let keys: Vec<StaticKeypair> = (0..DEVICES)
             .map(|i| w.key_homed_on((i % 2) as u16))
             .collect();
+        let members = keys
+            .iter()
+            .map(|k| dp_noise::device_id(k.public()))
+            .collect();
+        w.conversations.insert(CONV_ID, members);
         Self {
             w,
             rng,
@@ -81,6 +96,7 @@ impl Run {
             sent: BTreeMap::new(),
             app: vec![Vec::new(); DEVICES],
             seen: Vec::new(),
+            last_seq: vec![0; DEVICES],
             tick: 0,
             next_id: 0,
         }
@@ -125,11 +141,15 @@ impl Run {
             return;
         };
         self.sent.get_mut(&id).unwrap().retry = false;
-        let recipient = dp_noise::device_id(self.keys[to].public());
+        let recipient = if to == CONV {
+            Recipient::Conversation(ConversationId(CONV_ID))
+        } else {
+            Recipient::Device(dp_noise::device_id(self.keys[to].public()))
+        };
         let body = vec![to as u8; body_len];
         let frame = Frame::Send(SendFrame {
             message: id,
-            recipient: Recipient::Device(recipient),
+            recipient,
             body: &body,
         });
         self.w.send(c, &frame);
@@ -186,7 +206,10 @@ impl Run {
             }
             _ => {
                 if self.live_client(device).is_some() {
-                    let to = self.pick(DEVICES);
+                    let to = match self.pick(DEVICES + 1) {
+                        DEVICES => CONV,
+                        to => to,
+                    };
                     let message =
                         MessageId(self.next_id.to_be_bytes().repeat(4).try_into().unwrap());
                     self.next_id += 1;
@@ -227,10 +250,38 @@ impl Run {
             self.seen[c] = self.w.clients[c].got.len();
             for got in got {
                 match got {
-                    Got::SendAck(id, SendStatus::Retry) => {
+                    Got::SendAck(id, SendStatus::Retry) | Got::SeqAck(id, SendStatus::Retry, _) => {
                         let sent = self.sent.get_mut(&id).unwrap();
                         assert!(sent.acked.is_none(), "{id:?}: Retry after an ack");
                         sent.retry = true;
+                    }
+                    Got::SeqAck(id, _, seq) => {
+                        let sent = self.sent.get_mut(&id).unwrap();
+                        assert_eq!(sent.to, CONV, "{id:?}: a sequence number for a device");
+                        assert!(seq > 0);
+                        assert_eq!(sent.from, me, "{id:?} acknowledged to another device");
+                        assert!(sent.acked.is_none(), "{id:?} acknowledged twice");
+                        sent.acked = Some(self.tick);
+                    }
+                    Got::ConvDeliver(id, sender, conversation, seq, _) => {
+                        let sent = &self.sent[&id];
+                        let true_sender = dp_noise::device_id(self.keys[sent.from].public());
+                        assert_eq!(sender, true_sender, "delivered under a false sender");
+                        assert_eq!((sent.to, conversation), (CONV, CONV_ID));
+                        assert_ne!(sent.from, me, "a conversation message back to its sender");
+                        if !self.app[me].contains(&id) {
+                            assert!(
+                                seq > self.last_seq[me],
+                                "{id:?}: seq {seq} after {}",
+                                self.last_seq[me]
+                            );
+                            self.last_seq[me] = seq;
+                            self.check_order(me, id);
+                            self.app[me].push(id);
+                        }
+                    }
+                    Got::SendError(code, reference) => {
+                        panic!("a member was refused: {code:?} {reference}")
                     }
                     Got::SendAck(id, _) => {
                         let sent = self.sent.get_mut(&id).unwrap();
@@ -259,8 +310,9 @@ impl Run {
     fn check_order(&self, recipient: usize, id: MessageId) {
         let new = &self.sent[&id];
         for (earlier_id, earlier) in &self.sent {
+            let same_way = earlier.to == recipient || (earlier.to == CONV && new.to == CONV);
             if earlier.from == new.from
-                && earlier.to == recipient
+                && same_way
                 && earlier.acked.is_some_and(|at| at < new.first_sent)
             {
                 assert!(
@@ -320,11 +372,19 @@ impl Run {
             }
         }
         for (id, sent) in &self.sent {
-            if sent.acked.is_some() {
-                let count = self.app[sent.to].iter().filter(|m| *m == id).count();
+            if sent.acked.is_none() {
+                continue;
+            }
+            let recipients: Vec<usize> = if sent.to == CONV {
+                (0..DEVICES).filter(|&d| d != sent.from).collect()
+            } else {
+                vec![sent.to]
+            };
+            for to in recipients {
+                let count = self.app[to].iter().filter(|m| *m == id).count();
                 assert_eq!(
                     count, 1,
-                    "acknowledged {id:?} reached its recipient {count} times"
+                    "acknowledged {id:?} reached recipient {to} {count} times"
                 );
             }
         }
@@ -333,8 +393,20 @@ impl Run {
             "{} envelopes left in storage",
             self.w.stored.len()
         );
-        let unique: BTreeSet<_> = self.app.iter().flatten().collect();
-        assert_eq!(unique.len(), self.app.iter().map(Vec::len).sum::<usize>());
+        assert!(
+            self.sent
+                .values()
+                .any(|s| s.to == CONV && s.acked.is_some()),
+            "no conversation message went through"
+        );
+        for app in &self.app {
+            let unique: BTreeSet<_> = app.iter().collect();
+            assert_eq!(
+                unique.len(),
+                app.len(),
+                "an application saw a message twice"
+            );
+        }
     }
 }
 

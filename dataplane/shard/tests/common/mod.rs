@@ -9,7 +9,7 @@
 )]
 
 use dp_core::SeededRng;
-use dp_core::{DeviceId, Instant, MessageId};
+use dp_core::{ConversationId, DeviceId, Instant, MessageId};
 use dp_noise::StaticKeypair;
 use dp_noise::{Cipher, Initiator, InitiatorConfig, InitiatorEvent, Pattern, Suite};
 use dp_proto::{
@@ -17,8 +17,9 @@ use dp_proto::{
 };
 use dp_proto::{ErrorCode, SendStatus};
 use dp_shard::{
-    CloseReason, ConnId, ControlEvent, ControlRequest, Envelope, Shard, ShardConfig, ShardEvent,
-    ShardId, ShardMessage, home_shard,
+    CloseReason, ConnId, ControlEvent, ControlRequest, ConversationAnswer, ConversationInfo,
+    Envelope, Member, Shard, ShardConfig, ShardEvent, ShardId, ShardMessage, conversation_home,
+    home_shard,
 };
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -26,6 +27,8 @@ pub const SHARDS: u16 = 2;
 pub const KEY: u64 = 0x5eed;
 /// Stored envelopes control keeps in flight per device while draining.
 pub const DRAIN_WINDOW: usize = 4;
+/// Sequence numbers control hands out per lookup (small, so blocks run out in tests).
+pub const SEQ_BLOCK: u64 = 4;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Got {
@@ -34,6 +37,16 @@ pub enum Got {
     SendAck(MessageId, SendStatus),
     Deliver(MessageId, DeviceId, Vec<u8>),
     Error(ErrorCode),
+    /// A SendAck with a sequence number: message, status, seq.
+    SeqAck(MessageId, SendStatus, u64),
+    /// A Deliver in a conversation: message, sender, conversation, seq, body.
+    ConvDeliver(MessageId, DeviceId, u64, u64, Vec<u8>),
+    /// An Error about a Send: code, reference (the conversation).
+    SendError(ErrorCode, u64),
+    /// TypingFrom: device, conversation, typing.
+    Typing(DeviceId, u64, bool),
+    /// ReceiptFrom: device, conversation, messages.
+    Receipt(DeviceId, u64, Vec<MessageId>),
 }
 
 pub struct Client {
@@ -96,6 +109,18 @@ pub struct World {
     /// are empty, both chosen by `rng`, so ring deliveries interleave with everything else.
     pub chaos: bool,
     pub rng: SeededRng,
+    /// The stand-in control's conversations: member devices (all may send unless listed in
+    /// `muted`).
+    pub conversations: BTreeMap<u64, Vec<DeviceId>>,
+    pub muted: BTreeSet<DeviceId>,
+    /// The next sequence number control hands out per conversation.
+    pub seq_next: BTreeMap<u64, u64>,
+    /// Lookups control answered.
+    pub lookups: u64,
+    /// Sequence numbers control hands out per lookup.
+    pub seq_block: u64,
+    /// Control answers lookups `Unavailable` (its store is down).
+    pub lookups_fail: bool,
 }
 
 use dp_noise::StreamSession;
@@ -143,6 +168,12 @@ impl World {
             credits,
             chaos: false,
             rng,
+            conversations: BTreeMap::new(),
+            muted: BTreeSet::new(),
+            seq_next: BTreeMap::new(),
+            lookups: 0,
+            seq_block: SEQ_BLOCK,
+            lookups_fail: false,
         }
     }
 
@@ -269,6 +300,40 @@ impl World {
             &Frame::Send(SendFrame {
                 message,
                 recipient,
+                body,
+            }),
+        );
+        message
+    }
+
+    /// Defines (or redefines) conversation `id` with these clients' devices as members, and
+    /// tells its home shard that it changed.
+    pub fn set_conversation(&mut self, id: u64, members: &[usize]) {
+        let devices = members.iter().map(|&c| self.device(c)).collect();
+        self.conversations.insert(id, devices);
+        let home = conversation_home(ConversationId(id), SHARDS, KEY).0;
+        self.control_to_shard(
+            home,
+            ControlEvent::ConversationChanged {
+                conversation: ConversationId(id),
+            },
+        );
+        self.pump();
+    }
+
+    pub fn send_to_conversation(
+        &mut self,
+        from: usize,
+        conversation: u64,
+        id: u8,
+        body: &[u8],
+    ) -> MessageId {
+        let message = MessageId([id; 16]);
+        self.send(
+            from,
+            &Frame::Send(SendFrame {
+                message,
+                recipient: Recipient::Conversation(ConversationId(conversation)),
                 body,
             }),
         );
@@ -481,6 +546,34 @@ impl World {
                 entry.session = None;
                 entry.draining.clear();
             }
+            ControlRequest::LookupConversation { conversation } => {
+                self.lookups += 1;
+                let answer = match self.conversations.get(&conversation.0) {
+                    _ if self.lookups_fail => ConversationAnswer::Unavailable,
+                    Some(devices) => {
+                        let next = self.seq_next.entry(conversation.0).or_insert(1);
+                        let seq = *next..*next + self.seq_block;
+                        *next += self.seq_block;
+                        let members = devices
+                            .iter()
+                            .map(|&device| Member {
+                                device,
+                                may_send: !self.muted.contains(&device),
+                            })
+                            .collect();
+                        ConversationAnswer::Found(Box::new(ConversationInfo { members, seq }))
+                    }
+                    None => ConversationAnswer::NotFound,
+                };
+                let shard = u16::try_from(s).unwrap();
+                self.control_to_shard(
+                    shard,
+                    ControlEvent::Conversation {
+                        conversation,
+                        answer,
+                    },
+                );
+            }
         }
     }
 
@@ -580,12 +673,32 @@ impl World {
                 client.got.push(match frame.unwrap() {
                     Frame::Welcome(w) => Got::Welcome(w.device),
                     Frame::Pong(p) => Got::Pong(p.nonce),
+                    Frame::SendAck(a) if a.seq != 0 => Got::SeqAck(a.message, a.status, a.seq),
                     Frame::SendAck(a) => Got::SendAck(a.message, a.status),
+                    Frame::Deliver(d) if d.conversation.0 != 0 => {
+                        client.unacked.push(d.message);
+                        Got::ConvDeliver(
+                            d.message,
+                            d.sender,
+                            d.conversation.0,
+                            d.seq,
+                            d.body.to_vec(),
+                        )
+                    }
                     Frame::Deliver(d) => {
                         client.unacked.push(d.message);
                         Got::Deliver(d.message, d.sender, d.body.to_vec())
                     }
+                    Frame::Error(e) if e.frame_type == 0x10 => Got::SendError(e.code, e.reference),
                     Frame::Error(e) => Got::Error(e.code),
+                    Frame::TypingFrom(t) => Got::Typing(
+                        t.device,
+                        t.conversation.0,
+                        t.state == dp_proto::TypingState::Typing,
+                    ),
+                    Frame::ReceiptFrom(r) => {
+                        Got::Receipt(r.from, r.conversation.0, r.messages.iter().collect())
+                    }
                     other => panic!("unexpected {other:?}"),
                 });
             }
