@@ -42,8 +42,10 @@ pub use model::{
 };
 pub use postgres::PgStore;
 pub use social::{
-    Added, ClaimOutcome, Conversation, ConversationKind, FriendRequest, FriendRequestOutcome,
-    GROUP_TITLE_LEN_MAX, Member, NewPairedDevice, Role, SendCheck, UserSummary,
+    Added, CLAIM_DEVICES_MAX, ClaimOutcome, ClaimedKeys, Conversation, ConversationKind,
+    FriendRequest, FriendRequestOutcome, GROUP_TITLE_LEN_MAX, KEY_ID_TEXT_LEN_MAX,
+    KEY_TEXT_LEN_MAX, KeyUpload, Member, NewPairedDevice, ONE_TIME_KEYS_PER_UPLOAD_MAX,
+    ONE_TIME_KEYS_STORED_MAX, Role, SIGNATURE_TEXT_LEN_MAX, SendCheck, SignedKey, UserSummary,
 };
 pub use sqlite::{SQLITE_JOBS_QUEUED_MAX, SqliteStore};
 
