@@ -32,11 +32,16 @@
 #![warn(missing_docs)]
 
 mod error;
+mod keys;
 pub mod ratelimit;
 
 pub use control_store::{
-    ClaimOutcome, Conversation, ConversationKind, Device, FriendRequest, FriendRequestOutcome,
-    Member, Role, SessionToken, Store, UserId, UserSummary,
+    CLAIM_DEVICES_MAX, ClaimOutcome, ClaimedKeys, KeyUpload, ONE_TIME_KEYS_PER_UPLOAD_MAX,
+    ONE_TIME_KEYS_STORED_MAX, SignedKey,
+};
+pub use control_store::{
+    Conversation, ConversationKind, Device, FriendRequest, FriendRequestOutcome, Member, Role,
+    SessionToken, Store, UserId, UserSummary,
 };
 pub use error::ControlError;
 
