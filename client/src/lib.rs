@@ -11,19 +11,21 @@
 //!   Programs with many connections drive [`Connection`] on their own event loop
 //!   ([`Client::into_parts`] hands one over after the handshake).
 //! - [`keyfile`]: the device's private key in a local file with mode 0600.
+//! - [`e2e`]: end-to-end encryption of envelope bodies between devices (Olm, `vodozemac`).
 //!
 //! Driving rule (str0m's): after any `handle_*` call or command, write out
 //! [`Connection::poll_transmit`] and drain [`Connection::poll_event`] until both are empty,
 //! then wait for input no longer than [`Connection::poll_timeout`].
 //!
-//! The byte-level specification is `docs/PROTOCOL.md`. Accounts, pairing, friends, groups and
-//! end-to-end encryption of envelope bodies come later.
+//! The byte-level specification is `docs/PROTOCOL.md`. Accounts, pairing, friends and groups
+//! come later.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod blocking;
 mod connection;
 mod dedup;
+pub mod e2e;
 pub mod keyfile;
 
 pub use blocking::{Client, Clock, Error, OsRng};
