@@ -280,7 +280,7 @@ fn encrypted_envelope_through_a_real_server_online_and_stored() {
     assert_eq!(send_ack(&mut alice, message), SendStatus::Stored);
     let stored = stored_bodies(&data);
     assert!(
-        stored.iter().any(|b| *b == second),
+        stored.contains(&second),
         "the envelope is stored as sent ({} rows)",
         stored.len()
     );
