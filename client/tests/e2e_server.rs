@@ -29,7 +29,23 @@ const SECRET: &[u8] = b"the eagle lands at midnight; bring the cat food";
 /// The `commucat` binary of this workspace, built if needed.
 fn binary() -> PathBuf {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let status = Command::new(env!("CARGO"))
+    // A clean environment: the variables `cargo test` sets for this process would otherwise
+    // make the nested build look different and rebuild the binary every time.
+    let mut cargo = Command::new(env!("CARGO"));
+    cargo.env_clear();
+    for var in [
+        "PATH",
+        "HOME",
+        "CARGO_HOME",
+        "CARGO_TARGET_DIR",
+        "RUSTUP_HOME",
+        "RUSTUP_TOOLCHAIN",
+    ] {
+        if let Some(value) = std::env::var_os(var) {
+            cargo.env(var, value);
+        }
+    }
+    let status = cargo
         .args(["build", "--quiet", "-p", "commucat", "--bin", "commucat"])
         .current_dir(&root)
         .status()
