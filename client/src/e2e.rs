@@ -384,7 +384,10 @@ impl E2e {
         let peer = self.peers.get_mut(&to).ok_or(E2eError::NoSession)?;
         peer.used = tick;
         let session = peer.sessions.first_mut().ok_or(E2eError::NoSession)?;
-        let message = session.encrypt(plaintext).map_err(|_| E2eError::Decrypt)?;
+        // The only failure is a non-contributory (low-order) key in the session's ratchet.
+        let message = session
+            .encrypt(plaintext)
+            .map_err(|_| E2eError::InvalidKey)?;
         let (kind, bytes) = message.to_parts();
         let kind = if kind == 0 {
             OLM_TYPE_PRE_KEY
