@@ -18,6 +18,7 @@
 //! - [`QuicClient`]: the same over QUIC (`dp-quic`, one stream per connection), a blocking
 //!   driver over a `std::net::UdpSocket`, with the methods of [`Client`].
 //! - [`keyfile`]: the device's private key in a local file with mode 0600.
+//! - [`e2e`]: end-to-end encryption of envelope bodies between devices (Olm, `vodozemac`).
 //!
 //! Driving rule (str0m's): after any `handle_*` call or command, write out
 //! [`Connection::poll_transmit`] and drain [`Connection::poll_event`] until both are empty,
@@ -31,6 +32,7 @@ pub mod api;
 pub mod blocking;
 mod connection;
 mod dedup;
+pub mod e2e;
 pub mod keyfile;
 pub mod quic;
 pub mod reconnect;

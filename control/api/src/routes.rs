@@ -307,6 +307,97 @@ pub struct UsersQuery {
     pub limit: Option<u32>,
 }
 
+/// A device's end-to-end identity keys (`docs/design/0014-end-to-end-encryption.md`).
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityKeysBody {
+    /// The Curve25519 identity key, unpadded base64.
+    pub curve25519: String,
+    /// The Ed25519 signing key, unpadded base64.
+    pub ed25519: String,
+}
+
+/// A Curve25519 key signed by the device's Ed25519 key.
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SignedKeyBody {
+    /// The client's id for the key, unpadded base64, at most 32 characters.
+    pub key_id: String,
+    /// The public key, unpadded base64, at most 64 characters.
+    pub key: String,
+    /// The Ed25519 signature over the key's 32 bytes, unpadded base64, at most 128 characters.
+    pub signature: String,
+}
+
+impl From<SignedKeyBody> for control_core::SignedKey {
+    fn from(k: SignedKeyBody) -> Self {
+        Self {
+            key_id: k.key_id,
+            key: k.key,
+            signature: k.signature,
+        }
+    }
+}
+
+impl From<control_core::SignedKey> for SignedKeyBody {
+    fn from(k: control_core::SignedKey) -> Self {
+        Self {
+            key_id: k.key_id,
+            key: k.key,
+            signature: k.signature,
+        }
+    }
+}
+
+/// The keys a device publishes.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PublishKeysIn {
+    /// The device's identity keys (a change empties its one-time key pool).
+    pub identity: IdentityKeysBody,
+    /// The fallback key, handed out when the one-time keys run out.
+    pub fallback_key: SignedKeyBody,
+    /// One-time keys to append to the pool (at most 50; the pool keeps at most 50).
+    #[serde(default)]
+    pub one_time_keys: Vec<SignedKeyBody>,
+}
+
+/// What the pool holds after a publish.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PublishKeysOut {
+    /// One-time keys stored for the device now.
+    pub one_time_keys: u64,
+}
+
+/// Which devices' keys to claim.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ClaimKeysIn {
+    /// Device ids, 32 hex digits each, at most 64.
+    pub devices: Vec<String>,
+}
+
+/// One device's claimed keys.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ClaimedKeysBody {
+    /// The device id: 32 hex digits.
+    pub device_id: String,
+    /// Its identity keys.
+    pub identity: IdentityKeysBody,
+    /// A one-time key, consumed by this claim, or the fallback key.
+    pub one_time_key: SignedKeyBody,
+    /// Whether `one_time_key` is the fallback key (the pool was empty).
+    pub fallback: bool,
+}
+
+/// The claimed keys: devices the caller may not message, unknown ones and those without
+/// published keys are absent.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ClaimKeysOut {
+    /// One entry per device that has keys and that the caller may message.
+    pub devices: Vec<ClaimedKeysBody>,
+}
+
 /// Health.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct StatusOut {
@@ -609,6 +700,69 @@ async fn user_devices(
     Ok(Json(devices.into_iter().map(DeviceOut::from).collect()))
 }
 
+/// Publishes the calling device's end-to-end keys: identity keys, fallback key and one-time
+/// keys (appended to its pool up to its cap). The server checks shapes and bounds only.
+#[utoipa::path(put, path = "/v1/devices/me/keys", tag = "keys", security(("bearer" = [])),
+    request_body = PublishKeysIn,
+    responses((status = 200, body = PublishKeysOut), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody)))]
+async fn publish_keys(
+    State(state): State<AppState>,
+    auth: Authed,
+    JsonBody(body): JsonBody<PublishKeysIn>,
+) -> ApiResult<PublishKeysOut> {
+    if body.one_time_keys.len() > control_core::ONE_TIME_KEYS_PER_UPLOAD_MAX {
+        return Err(ApiError::invalid("at most 50 one-time keys in one upload"));
+    }
+    let upload = control_core::KeyUpload {
+        curve25519: body.identity.curve25519,
+        ed25519: body.identity.ed25519,
+        fallback: body.fallback_key.into(),
+        one_time: body.one_time_keys.into_iter().map(Into::into).collect(),
+    };
+    let count = state.control().publish_keys(&auth.caller, &upload).await?;
+    Ok(Json(PublishKeysOut {
+        one_time_keys: count,
+    }))
+}
+
+/// Claims end-to-end keys of devices the caller may message (its own account's and accepted
+/// friends'): each device's identity keys and one one-time key, consumed atomically, or its
+/// fallback key when none is left. Other devices are silently absent.
+#[utoipa::path(post, path = "/v1/keys/claim", tag = "keys", security(("bearer" = [])),
+    request_body = ClaimKeysIn,
+    responses((status = 200, body = ClaimKeysOut), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody)))]
+async fn claim_keys(
+    State(state): State<AppState>,
+    auth: Authed,
+    JsonBody(body): JsonBody<ClaimKeysIn>,
+) -> ApiResult<ClaimKeysOut> {
+    if body.devices.len() > control_core::CLAIM_DEVICES_MAX {
+        return Err(ApiError::invalid("at most 64 devices in one claim"));
+    }
+    let devices = body
+        .devices
+        .iter()
+        .map(|d| parse_device(d))
+        .collect::<Result<Vec<_>, _>>()?;
+    let claimed = state.control().claim_keys(&auth.caller, &devices).await?;
+    Ok(Json(ClaimKeysOut {
+        devices: claimed
+            .into_iter()
+            .map(|c| ClaimedKeysBody {
+                device_id: hex::encode(c.device.0),
+                identity: IdentityKeysBody {
+                    curve25519: c.curve25519,
+                    ed25519: c.ed25519,
+                },
+                one_time_key: c.one_time.into(),
+                fallback: c.fallback,
+            })
+            .collect(),
+    }))
+}
+
 /// The caller's conversations.
 #[utoipa::path(get, path = "/v1/conversations", tag = "conversations", security(("bearer" = [])),
     responses((status = 200, body = [ConversationOut])))]
@@ -834,6 +988,8 @@ pub(crate) fn routes(state: AppState) -> Router {
         .route("/v1/friends/requests/{handle}/reject", post(reject_friend))
         .route("/v1/friends/{handle}", delete(remove_friend))
         .route("/v1/users/{handle}/devices", get(user_devices))
+        .route("/v1/devices/me/keys", put(publish_keys))
+        .route("/v1/keys/claim", post(claim_keys))
         .route("/v1/conversations", get(list_conversations))
         .route("/v1/conversations/direct", post(direct_conversation))
         .route("/v1/conversations/groups", post(create_group))
@@ -887,11 +1043,12 @@ impl Modify for Security {
 /// The OpenAPI document, generated from the handlers and types above.
 #[derive(Debug, OpenApi)]
 #[openapi(
-    info(title = "CommuCat control API", description = "Accounts, devices, pairing, friends and conversations outside the Noise session; operator endpoints; health."),
+    info(title = "CommuCat control API", description = "Accounts, devices, pairing, friends, end-to-end key directory and conversations outside the Noise session; operator endpoints; health."),
     paths(
         healthz, readyz, openapi, me, logout, list_devices, rename_device, revoke_device,
         create_pairing_code, list_friends, remove_friend, list_friend_requests, request_friend,
-        accept_friend, reject_friend, cancel_friend_request, user_devices, list_conversations,
+        accept_friend, reject_friend, cancel_friend_request, user_devices, publish_keys, claim_keys,
+        list_conversations,
         direct_conversation, create_group, get_conversation, invite, remove_member, set_role,
         leave, admin_users, admin_user_devices, admin_revoke_device
     ),

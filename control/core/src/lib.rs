@@ -32,11 +32,14 @@
 #![warn(missing_docs)]
 
 mod error;
+mod keys;
 pub mod ratelimit;
 
 pub use control_store::{
-    ClaimOutcome, Conversation, ConversationKind, ConversationLookup, Device, FriendRequest,
-    FriendRequestOutcome, Member, Role, SessionToken, Store, UserId, UserSummary,
+    CLAIM_DEVICES_MAX, ClaimOutcome, ClaimedKeys, Conversation, ConversationKind,
+    ConversationLookup, Device, FriendRequest, FriendRequestOutcome, KeyUpload, Member,
+    ONE_TIME_KEYS_PER_UPLOAD_MAX, ONE_TIME_KEYS_STORED_MAX, Role, SessionToken, SignedKey, Store,
+    UserId, UserSummary,
 };
 pub use error::ControlError;
 

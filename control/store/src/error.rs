@@ -43,6 +43,9 @@ pub enum Invalid {
     Handle,
     /// A stored value that the code cannot represent (an integer past `i64::MAX`).
     Range,
+    /// A published key, key id or signature that is empty, longer than its named maximum
+    /// or not unpadded base64.
+    Key,
 }
 
 /// Every error the store returns.

@@ -42,9 +42,11 @@ pub use model::{
 };
 pub use postgres::PgStore;
 pub use social::{
-    Added, ClaimOutcome, Conversation, ConversationKind, ConversationLookup, FriendRequest,
-    FriendRequestOutcome, GROUP_TITLE_LEN_MAX, Member, NewPairedDevice, Role, SEQ_BLOCK_MAX,
-    SendCheck, UserSummary,
+    Added, CLAIM_DEVICES_MAX, ClaimOutcome, ClaimedKeys, Conversation, ConversationKind,
+    ConversationLookup, FriendRequest, FriendRequestOutcome, GROUP_TITLE_LEN_MAX,
+    KEY_ID_TEXT_LEN_MAX, KEY_TEXT_LEN_MAX, KeyUpload, Member, NewPairedDevice,
+    ONE_TIME_KEYS_PER_UPLOAD_MAX, ONE_TIME_KEYS_STORED_MAX, Role, SEQ_BLOCK_MAX,
+    SIGNATURE_TEXT_LEN_MAX, SendCheck, SignedKey, UserSummary,
 };
 pub use sqlite::{SQLITE_JOBS_QUEUED_MAX, SqliteStore};
 

@@ -29,6 +29,11 @@ pub const SQLITE: &[Migration] = &[
         name: "conversation_seq",
         sql: include_str!("../../../migrations/sqlite/0002_conversation_seq.sql"),
     },
+    Migration {
+        version: 3,
+        name: "device_keys",
+        sql: include_str!("../../../migrations/sqlite/0003_device_keys.sql"),
+    },
 ];
 
 /// The PostgreSQL migrations, in order.
@@ -43,10 +48,15 @@ pub const POSTGRES: &[Migration] = &[
         name: "conversation_seq",
         sql: include_str!("../../../migrations/postgres/0002_conversation_seq.sql"),
     },
+    Migration {
+        version: 3,
+        name: "device_keys",
+        sql: include_str!("../../../migrations/postgres/0003_device_keys.sql"),
+    },
 ];
 
 /// The newest schema version this build knows.
-pub const SCHEMA_VERSION_LATEST: i64 = 2;
+pub const SCHEMA_VERSION_LATEST: i64 = 3;
 
 const _: () = {
     assert!(SQLITE.len() == POSTGRES.len());

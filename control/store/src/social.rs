@@ -1683,3 +1683,12 @@ impl Store {
         })
     }
 }
+
+// The end-to-end key directory: a child module, so that it runs its operations through the
+// same transaction interface and `in_tx!`.
+mod keys;
+
+pub use keys::{
+    CLAIM_DEVICES_MAX, ClaimedKeys, KEY_ID_TEXT_LEN_MAX, KEY_TEXT_LEN_MAX, KeyUpload,
+    ONE_TIME_KEYS_PER_UPLOAD_MAX, ONE_TIME_KEYS_STORED_MAX, SIGNATURE_TEXT_LEN_MAX, SignedKey,
+};

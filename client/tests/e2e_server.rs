@@ -1,0 +1,326 @@
+//! Goal: end-to-end encryption works through a real server that only ever sees ciphertext.
+//! Method: the real `commucat serve` (SQLite, REST API on a free port); two befriended users
+//! register over their Noise sessions and take REST tokens; Bob publishes keys
+//! (`PUT /v1/devices/me/keys`), Alice claims them (`POST /v1/keys/claim`), seals a message
+//! with [`commucat_client::e2e::E2e`] and sends it over the data plane; Bob opens it. The body
+//! as delivered, and as stored in the SQLite database for Bob while he is offline, must not
+//! contain the plaintext.
+//!
+//! The binary comes from this workspace's target directory (`cargo build -p commucat` is run
+//! first, a no-op when it is fresh).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(clippy::disallowed_methods)] // a test of a real process: its own clock and threads
+
+use commucat_client::e2e::{ClaimRequest, ClaimResponse, E2e, PublishResponse};
+use commucat_client::{Client, ConnectionConfig, Event, Recipient, SendStatus};
+use dp_core::SeededRng;
+use dp_noise::StaticKeypair;
+use dp_proto::ErrorCode;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const OP_REGISTER: u16 = 0x0001;
+const OP_ISSUE_TOKEN: u16 = 0x0003;
+const SECRET: &[u8] = b"the eagle lands at midnight; bring the cat food";
+
+/// The `commucat` binary of this workspace, built if needed.
+fn binary() -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    // A clean environment: the variables `cargo test` sets for this process would otherwise
+    // make the nested build look different and rebuild the binary every time.
+    let mut cargo = Command::new(env!("CARGO"));
+    cargo.env_clear();
+    for var in [
+        "PATH",
+        "HOME",
+        "CARGO_HOME",
+        "CARGO_TARGET_DIR",
+        "RUSTUP_HOME",
+        "RUSTUP_TOOLCHAIN",
+    ] {
+        if let Some(value) = std::env::var_os(var) {
+            cargo.env(var, value);
+        }
+    }
+    let status = cargo
+        .args(["build", "--quiet", "-p", "commucat", "--bin", "commucat"])
+        .current_dir(&root)
+        .status()
+        .unwrap();
+    assert!(status.success(), "cargo build -p commucat failed");
+    // target/<profile>/deps/<this test> → target/<profile>/commucat
+    let exe = std::env::current_exe().unwrap();
+    let profile_dir = exe.parent().and_then(Path::parent).unwrap();
+    let path = profile_dir.join("commucat");
+    assert!(path.exists(), "{} not found", path.display());
+    path
+}
+
+struct Serve {
+    child: Child,
+    listen: SocketAddr,
+    api: SocketAddr,
+    public: [u8; 32],
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn after<'a>(line: &'a str, prefix: &str) -> Option<&'a str> {
+    line.find(prefix).map(|at| &line[at + prefix.len()..])
+}
+
+fn serve(data: &Path) -> Serve {
+    let mut child = Command::new(binary())
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--api-listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--shards", "2", "--data-dir"])
+        .arg(data)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let (mut listen, mut api, mut public) = (None, None, None);
+    for line in lines {
+        let line = line.unwrap();
+        if let Some(rest) = after(&line, "listening on ") {
+            listen = rest.split(' ').next().map(|a| a.parse().unwrap());
+        }
+        if let Some(rest) = after(&line, "REST API at http://") {
+            api = rest.split('/').next().map(|a| a.parse().unwrap());
+        }
+        if let Some(rest) = after(&line, "(give it to clients): ") {
+            public = Some(hex::decode(rest.trim()).unwrap().try_into().unwrap());
+        }
+        if listen.is_some() && api.is_some() && public.is_some() {
+            break;
+        }
+    }
+    Serve {
+        child,
+        listen: listen.expect("serve said where it listens"),
+        api: api.expect("serve said where the API is"),
+        public: public.expect("serve printed its key"),
+    }
+}
+
+/// One request over a fresh connection; returns the status code and the body.
+fn http(api: SocketAddr, method: &str, path: &str, token: &str, body: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(api).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {token}\r\n\
+         content-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response[9..12].parse().unwrap();
+    let body = response.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+    (status, body)
+}
+
+/// Sends a control request over the Noise session and waits for its response.
+fn request(client: &mut Client<SeededRng>, id: u32, op: u16, body: &str) -> (ErrorCode, String) {
+    client.request(id, op, body.as_bytes()).unwrap();
+    loop {
+        match client.next_event(Duration::from_secs(10)).unwrap() {
+            Some(Event::Response {
+                request_id,
+                status,
+                body,
+            }) if request_id == id => return (status, String::from_utf8(body).unwrap()),
+            Some(_) => {}
+            None => panic!("no response to request {id}"),
+        }
+    }
+}
+
+fn connect(server: &Serve, key: &StaticKeypair, seed: u64) -> Client<SeededRng> {
+    let config = ConnectionConfig::new(key.clone(), server.public);
+    Client::connect(server.listen, config, SeededRng::new(seed)).unwrap()
+}
+
+/// Registers `handle` over the device's session and returns a REST token.
+fn register(client: &mut Client<SeededRng>, handle: &str) -> String {
+    let body = format!(r#"{{"handle":"{handle}","device_name":"phone"}}"#);
+    let (status, reply) = request(client, 1, OP_REGISTER, &body);
+    assert_eq!(status, ErrorCode::OK, "{reply}");
+    let (status, reply) = request(client, 2, OP_ISSUE_TOKEN, "{}");
+    assert_eq!(status, ErrorCode::OK, "{reply}");
+    let reply: serde_json::Value = serde_json::from_str(&reply).unwrap();
+    reply["token"].as_str().unwrap().to_string()
+}
+
+/// Waits for the acknowledgement of `message` and returns its status.
+fn send_ack(client: &mut Client<SeededRng>, message: dp_core::MessageId) -> SendStatus {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if let Ok(Some(Event::SendAck {
+            message: acked,
+            status,
+            ..
+        })) = client.next_event(Duration::from_millis(100))
+            && acked == message
+            && status != SendStatus::Retry
+        {
+            return status;
+        }
+    }
+    panic!("no acknowledgement for {message:?}");
+}
+
+/// Waits for the next delivery.
+fn delivery(client: &mut Client<SeededRng>) -> commucat_client::Delivery {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if let Ok(Some(Event::Delivered(delivery))) = client.next_event(Duration::from_millis(100))
+        {
+            return delivery;
+        }
+    }
+    panic!("nothing was delivered");
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Every stored envelope body, read straight from the SQLite file.
+fn stored_bodies(data: &Path) -> Vec<Vec<u8>> {
+    let conn = rusqlite::Connection::open(data.join("commucat.sqlite3")).unwrap();
+    let mut stmt = conn.prepare("SELECT body FROM envelopes").unwrap();
+    stmt.query_map([], |row| row.get::<_, Vec<u8>>(0))
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap()
+}
+
+#[test]
+fn encrypted_envelope_through_a_real_server_online_and_stored() {
+    let dir = std::env::temp_dir().join(format!("commucat-e2e-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let data = dir.join("data");
+    let server = serve(&data);
+    let alice_key = StaticKeypair::generate(&mut SeededRng::new(101));
+    let bob_key = StaticKeypair::generate(&mut SeededRng::new(202));
+    let mut alice = connect(&server, &alice_key, 1);
+    let mut bob = connect(&server, &bob_key, 2);
+    let alice_token = register(&mut alice, "alice");
+    let bob_token = register(&mut bob, "bob");
+    let (alice_device, bob_device) = (alice.device(), bob.device());
+
+    let (code, body) = http(
+        server.api,
+        "POST",
+        "/v1/friends/requests",
+        &alice_token,
+        r#"{"handle":"bob"}"#,
+    );
+    assert_eq!(code, 200, "{body}");
+    let (code, body) = http(
+        server.api,
+        "POST",
+        "/v1/friends/requests/alice/accept",
+        &bob_token,
+        "",
+    );
+    assert!((200..300).contains(&code), "{code} {body}");
+
+    // Bob publishes his keys; Alice claims them.
+    let mut bob_e2e = E2e::new();
+    let keys = serde_json::to_string(&bob_e2e.keys_to_publish(10)).unwrap();
+    let (code, body) = http(server.api, "PUT", "/v1/devices/me/keys", &bob_token, &keys);
+    assert_eq!(code, 200, "{body}");
+    let published: PublishResponse = serde_json::from_str(&body).unwrap();
+    assert_eq!(published.one_time_keys, 10);
+    let mut alice_e2e = E2e::new();
+    let claim = serde_json::to_string(&ClaimRequest::new(&[bob_device])).unwrap();
+    let (code, body) = http(server.api, "POST", "/v1/keys/claim", &alice_token, &claim);
+    assert_eq!(code, 200, "{body}");
+    let claimed: ClaimResponse = serde_json::from_str(&body).unwrap();
+    assert_eq!(claimed.devices.len(), 1, "{body}");
+    assert_eq!(claimed.devices[0].device(), Some(bob_device));
+    assert!(!claimed.devices[0].fallback);
+
+    // Online: sealed by Alice, relayed, opened by Bob.
+    let sealed = alice_e2e
+        .seal(bob_device, Some(&claimed.devices[0]), SECRET)
+        .unwrap();
+    assert!(!contains(&sealed, SECRET));
+    let message = alice.send(Recipient::Device(bob_device), &sealed).unwrap();
+    let got = delivery(&mut bob);
+    assert_eq!(got.message, message);
+    assert_eq!(got.sender, alice_device);
+    assert_eq!(got.body, sealed, "the server relays the body untouched");
+    assert!(!contains(&got.body, SECRET));
+    assert_eq!(bob_e2e.open(got.sender, &got.body).unwrap(), SECRET);
+    // Bob's client acknowledges while it runs; wait until the server reports it to Alice, so
+    // that the first envelope is not stored for redelivery.
+    let first = message;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut delivered = false;
+    while !delivered && Instant::now() < deadline {
+        let _ = bob.next_event(Duration::from_millis(10));
+        if let Ok(Some(Event::SendAck {
+            message, status, ..
+        })) = alice.next_event(Duration::from_millis(10))
+        {
+            delivered = message == first && status == SendStatus::Delivered;
+        }
+    }
+    assert!(delivered, "Bob's acknowledgement did not reach Alice");
+
+    // Offline: Bob goes away, Alice's next message is stored, and the database holds only
+    // ciphertext.
+    bob.abort();
+    let second_plaintext = [SECRET, b" (second)"].concat();
+    let second = alice_e2e.seal(bob_device, None, &second_plaintext).unwrap();
+    let message = alice.send(Recipient::Device(bob_device), &second).unwrap();
+    assert_eq!(send_ack(&mut alice, message), SendStatus::Stored);
+    let stored = stored_bodies(&data);
+    assert!(
+        stored.contains(&second),
+        "the envelope is stored as sent ({} rows)",
+        stored.len()
+    );
+    for body in &stored {
+        assert!(!contains(body, SECRET), "plaintext in the database");
+    }
+
+    // Bob comes back: the stored envelope is delivered and opens.
+    let mut bob = connect(&server, &bob_key, 3);
+    let got = delivery(&mut bob);
+    assert_eq!(
+        got.message, message,
+        "only the stored envelope is delivered"
+    );
+    assert_eq!(
+        bob_e2e.open(got.sender, &got.body).unwrap(),
+        second_plaintext
+    );
+    // And he can answer over the same session, without claiming anything.
+    let reply = bob_e2e.seal(alice_device, None, b"roger").unwrap();
+    bob.send(Recipient::Device(alice_device), &reply).unwrap();
+    let got = delivery(&mut alice);
+    assert_eq!(alice_e2e.open(got.sender, &got.body).unwrap(), b"roger");
+
+    drop(server);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
