@@ -15,6 +15,8 @@
 //!   what the server has not acknowledged.
 //! - [`api`]: a small blocking client of the REST API (devices, pairing codes, friends,
 //!   conversations).
+//! - [`ops`]: the session operations (register, claim a pairing code, issue a REST token) as
+//!   typed calls on a [`Client`].
 //! - [`keyfile`]: the device's private key in a local file with mode 0600.
 //!
 //! Driving rule (str0m's): after any `handle_*` call or command, write out
@@ -30,6 +32,7 @@ pub mod blocking;
 mod connection;
 mod dedup;
 pub mod keyfile;
+pub mod ops;
 pub mod reconnect;
 
 pub use blocking::{Client, Clock, Error, OsRng};
@@ -42,6 +45,7 @@ pub use dedup::Dedup;
 pub use dp_core::{ConversationId, DeviceId, MessageId};
 pub use dp_noise::{Cipher, Pattern, StaticKeypair, Suite};
 pub use dp_proto::{ErrorCode, Recipient, SendStatus};
+pub use ops::{IssuedToken, OpError, Ops, UserId};
 pub use reconnect::{
     Backoff, RECONNECT_DELAY_MAX, RECONNECT_DELAY_MIN, ReconnectEvent, ReconnectingClient,
 };
