@@ -6,73 +6,16 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 #![allow(clippy::disallowed_methods)] // a test of a real process: its own clock and threads
 
+mod common;
+
+use common::serve;
 use commucat_client::api::{Api, ApiError};
 use commucat_client::{Client, ConnectionConfig, Event, ops};
 use dp_core::SeededRng;
 use dp_noise::StaticKeypair;
 use dp_proto::ErrorCode;
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
-
-struct Serve {
-    child: Child,
-    listen: SocketAddr,
-    api: SocketAddr,
-    public: [u8; 32],
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn after<'a>(line: &'a str, prefix: &str) -> Option<&'a str> {
-    line.find(prefix).map(|at| &line[at + prefix.len()..])
-}
-
-fn serve(data: &std::path::Path, extra: &[&str]) -> Serve {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_commucat"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--api-listen",
-            "127.0.0.1:0",
-        ])
-        .args(["--shards", "2", "--data-dir"])
-        .arg(data)
-        .args(extra)
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let (mut listen, mut api, mut public) = (None, None, None);
-    for line in lines {
-        let line = line.unwrap();
-        if let Some(rest) = after(&line, "listening on ") {
-            listen = rest.split(' ').next().map(|a| a.parse().unwrap());
-        }
-        if let Some(rest) = after(&line, "REST API at http://") {
-            api = rest.split('/').next().map(|a| a.parse().unwrap());
-        }
-        if let Some(rest) = after(&line, "(give it to clients): ") {
-            public = Some(hex::decode(rest.trim()).unwrap().try_into().unwrap());
-        }
-        if listen.is_some() && api.is_some() && public.is_some() {
-            break;
-        }
-    }
-    Serve {
-        child,
-        listen: listen.expect("serve said where it listens"),
-        api: api.expect("serve said where the API is"),
-        public: public.expect("serve printed its key"),
-    }
-}
 
 #[test]
 fn register_and_token_over_the_session_and_revocation_ends_the_session() {
