@@ -31,10 +31,11 @@ fn after<'a>(line: &'a str, prefix: &str) -> Option<&'a str> {
     line.find(prefix).map(|at| &line[at + prefix.len()..])
 }
 
-/// Starts `commucat serve` with two shards on free ports, its data in `data`, and `extra`
-/// arguments; returns once it has printed where its REST API is (its last start-up line).
-pub(crate) fn serve(data: &Path, extra: &[&str]) -> Serve {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_commucat"))
+/// `commucat serve` with `shards` shards on free ports (data plane and REST API), its data in
+/// `data`, its stdout piped.
+pub(crate) fn serve_command(data: &Path, shards: u32) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_commucat"));
+    command
         .args([
             "serve",
             "--listen",
@@ -42,12 +43,16 @@ pub(crate) fn serve(data: &Path, extra: &[&str]) -> Serve {
             "--api-listen",
             "127.0.0.1:0",
         ])
-        .args(["--shards", "2", "--data-dir"])
+        .args(["--shards", &shards.to_string(), "--data-dir"])
         .arg(data)
-        .args(extra)
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+        .stdout(Stdio::piped());
+    command
+}
+
+/// Starts `commucat serve` with two shards on free ports, its data in `data`, and `extra`
+/// arguments; returns once it has printed where its REST API is (its last start-up line).
+pub(crate) fn serve(data: &Path, extra: &[&str]) -> Serve {
+    let mut child = serve_command(data, 2).args(extra).spawn().unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let (mut listen, mut api, mut public, mut invite) = (None, None, None, None);
     for line in lines.by_ref() {
