@@ -24,7 +24,6 @@ use mio::{Events, Interest, Poll, Token};
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -510,16 +509,13 @@ fn probe(
 pub fn start_echo() -> Result<Target> {
     let mut listener = TcpListener::bind("127.0.0.1:0".parse()?)?;
     let addr = listener.local_addr()?;
-    let stop = Arc::new(AtomicBool::new(false));
-    let thread_stop = Arc::clone(&stop);
-    let thread = std::thread::Builder::new()
-        .name(format!("{FANOUT_ECHO_THREAD}-0"))
-        .spawn(move || {
-            if let Err(error) = echo_loop(&mut listener, &thread_stop) {
-                eprintln!("fan-out echo server: {error}");
-            }
-        })?;
-    Ok(Target::in_thread(addr, FANOUT_ECHO_THREAD, stop, thread))
+    Target::in_thread(
+        addr,
+        format!("{FANOUT_ECHO_THREAD}-0"),
+        FANOUT_ECHO_THREAD,
+        "fan-out echo server",
+        move |stop| echo_loop(&mut listener, stop),
+    )
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
