@@ -16,6 +16,34 @@ use std::time::Duration;
 pub const RESPONSE_BYTES_MAX: usize = 4 << 20;
 /// How long one request may take to connect, and to read or write each chunk.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// The most tries of one call under a [`RateLimitRetry`], whatever it asks for.
+pub const RATE_LIMIT_TRIES_MAX: u32 = 1000;
+/// The longest pause before trying a rate-limited call again, whatever `Retry-After` says.
+pub const RATE_LIMIT_PAUSE_MAX: Duration = Duration::from_secs(60);
+
+/// Trying a call again after a `429 rate_limited` answer (off unless set with
+/// [`Api::set_rate_limit_retry`]). The pause is the answer's `Retry-After` (in seconds) when it
+/// has one, else [`RateLimitRetry::pause`]; never more than [`RateLimitRetry::pause_max`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RateLimitRetry {
+    /// How many times a call is tried in all, at most [`RATE_LIMIT_TRIES_MAX`]; the last
+    /// refusal is returned.
+    pub tries: u32,
+    /// The pause when the answer has no `Retry-After`.
+    pub pause: Duration,
+    /// The longest pause, at most [`RATE_LIMIT_PAUSE_MAX`].
+    pub pause_max: Duration,
+}
+
+impl RateLimitRetry {
+    /// The pause after a 429 answer that carried `retry_after`.
+    fn pause_after(&self, retry_after: Option<Duration>) -> Duration {
+        retry_after
+            .unwrap_or(self.pause)
+            .min(self.pause_max)
+            .min(RATE_LIMIT_PAUSE_MAX)
+    }
+}
 
 /// Why an API call failed.
 #[derive(Debug)]
@@ -205,6 +233,7 @@ pub struct Api {
     host: String,
     base: String,
     token: Option<String>,
+    retry: Option<RateLimitRetry>,
 }
 
 impl core::fmt::Debug for Api {
@@ -241,12 +270,18 @@ impl Api {
             host: host.to_string(),
             base,
             token: None,
+            retry: None,
         })
     }
 
     /// Uses `token` (from the session's issue-token operation) from now on.
     pub fn set_token(&mut self, token: Option<String>) {
         self.token = token;
+    }
+
+    /// Tries calls refused with `429 rate_limited` again as `retry` says (`None`: never).
+    pub fn set_rate_limit_retry(&mut self, retry: Option<RateLimitRetry>) {
+        self.retry = retry;
     }
 
     /// `GET /v1/me`.
@@ -423,8 +458,27 @@ impl Api {
         serde_json::from_slice(&bytes).map_err(|e| ApiError::Malformed(e.to_string()))
     }
 
-    /// One request; the body of a 2xx answer, or the error it carried.
+    /// The body of a 2xx answer, or the error it carried; a rate-limited call is tried again
+    /// when the client was told to ([`Api::set_rate_limit_retry`]).
     fn call(&self, method: &str, path: &str, body: Option<&str>) -> Result<Vec<u8>, ApiError> {
+        let tries = self
+            .retry
+            .map_or(1, |r| r.tries.clamp(1, RATE_LIMIT_TRIES_MAX));
+        let mut tried = 0;
+        loop {
+            let answer = self.once(method, path, body)?;
+            tried += 1;
+            match (answer.status, self.retry) {
+                (429, Some(retry)) if tried < tries => {
+                    std::thread::sleep(retry.pause_after(answer.retry_after));
+                }
+                _ => return answer.into_result(),
+            }
+        }
+    }
+
+    /// One request and its answer, whatever its status.
+    fn once(&self, method: &str, path: &str, body: Option<&str>) -> Result<Answer, ApiError> {
         let addr = self
             .host
             .to_socket_addrs()?
@@ -454,7 +508,23 @@ impl Api {
         if response.len() > RESPONSE_BYTES_MAX {
             return Err(ApiError::Malformed("response too large".into()));
         }
-        let (status, body) = parse_response(&response)?;
+        parse_response(&response)
+    }
+}
+
+/// An HTTP answer.
+#[derive(Debug)]
+struct Answer {
+    status: u16,
+    /// `Retry-After` in seconds, when present.
+    retry_after: Option<Duration>,
+    body: Vec<u8>,
+}
+
+impl Answer {
+    /// The body of a 2xx answer, or the error it carried.
+    fn into_result(self) -> Result<Vec<u8>, ApiError> {
+        let Self { status, body, .. } = self;
         if (200..300).contains(&status) {
             return Ok(body);
         }
@@ -486,8 +556,8 @@ fn encode(segment: &str) -> String {
     out
 }
 
-/// The status and body of an HTTP/1.1 response read to its end.
-fn parse_response(response: &[u8]) -> Result<(u16, Vec<u8>), ApiError> {
+/// The status, `Retry-After` and body of an HTTP/1.1 response read to its end.
+fn parse_response(response: &[u8]) -> Result<Answer, ApiError> {
     let malformed = |what: &str| ApiError::Malformed(what.to_string());
     let split = response
         .windows(4)
@@ -501,6 +571,12 @@ fn parse_response(response: &[u8]) -> Result<(u16, Vec<u8>), ApiError> {
         .nth(1)
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| malformed("status line"))?;
+    let retry_after = head.lines().find_map(|line| {
+        let (name, value) = line.split_once(':')?;
+        let seconds = value.trim().parse().ok()?;
+        name.eq_ignore_ascii_case("retry-after")
+            .then(|| Duration::from_secs(seconds))
+    });
     let chunked = head.lines().any(|line| {
         let lower = line.to_ascii_lowercase();
         lower.starts_with("transfer-encoding:") && lower.contains("chunked")
@@ -510,7 +586,11 @@ fn parse_response(response: &[u8]) -> Result<(u16, Vec<u8>), ApiError> {
     } else {
         body.to_vec()
     };
-    Ok((status, body))
+    Ok(Answer {
+        status,
+        retry_after,
+        body,
+    })
 }
 
 fn dechunk(mut body: &[u8]) -> Option<Vec<u8>> {
@@ -550,17 +630,110 @@ mod tests {
 
     #[test]
     fn responses_plain_and_chunked_are_parsed() {
-        let (status, body) =
-            parse_response(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}").unwrap();
-        assert_eq!((status, body.as_slice()), (200, b"{}".as_slice()));
+        let answer = parse_response(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}").unwrap();
+        assert_eq!(
+            (answer.status, answer.body.as_slice()),
+            (200, b"{}".as_slice())
+        );
+        assert_eq!(answer.retry_after, None);
         let chunked =
             b"HTTP/1.1 404 Not Found\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n";
-        let (status, body) = parse_response(chunked).unwrap();
-        assert_eq!((status, body.as_slice()), (404, b"abcde".as_slice()));
+        let answer = parse_response(chunked).unwrap();
+        assert_eq!(
+            (answer.status, answer.body.as_slice()),
+            (404, b"abcde".as_slice())
+        );
         assert!(parse_response(b"HTTP/1.1 200 OK\r\n").is_err());
         assert!(
             parse_response(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n").is_err()
         );
+    }
+
+    #[test]
+    fn retry_after_is_read_and_bounded() {
+        let answer =
+            parse_response(b"HTTP/1.1 429 Too Many Requests\r\nRetry-After: 3\r\n\r\n").unwrap();
+        assert_eq!(answer.retry_after, Some(Duration::from_secs(3)));
+        let date =
+            b"HTTP/1.1 429 Too Many Requests\r\nretry-after: Wed, 21 Oct 2015 07:28:00 GMT\r\n\r\n";
+        assert_eq!(parse_response(date).unwrap().retry_after, None);
+        let retry = RateLimitRetry {
+            tries: 5,
+            pause: Duration::from_millis(100),
+            pause_max: Duration::from_secs(2),
+        };
+        assert_eq!(retry.pause_after(None), Duration::from_millis(100));
+        assert_eq!(
+            retry.pause_after(Some(Duration::from_secs(1))),
+            Duration::from_secs(1)
+        );
+        assert_eq!(
+            retry.pause_after(Some(Duration::from_secs(3600))),
+            Duration::from_secs(2)
+        );
+    }
+
+    /// A server on a free port that answers each connection with the next of `answers`;
+    /// returns the API URL and how many requests it has read.
+    #[allow(clippy::disallowed_methods)] // a test server needs its own thread
+    fn serve(answers: Vec<&'static str>) -> (String, std::sync::Arc<std::sync::atomic::AtomicU32>) {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/v1", listener.local_addr().unwrap());
+        let seen = std::sync::Arc::new(AtomicU32::new(0));
+        let counter = seen.clone();
+        std::thread::spawn(move || {
+            for answer in answers {
+                let (mut stream, _) = listener.accept().unwrap();
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).unwrap() == 1 {
+                    head.push(byte[0]);
+                }
+                counter.fetch_add(1, Ordering::SeqCst);
+                stream.write_all(answer.as_bytes()).unwrap();
+            }
+        });
+        (url, seen)
+    }
+
+    const LIMITED: &str = "HTTP/1.1 429 Too Many Requests\r\nretry-after: 0\r\ncontent-type: \
+        application/json\r\n\r\n{\"error\":{\"code\":\"rate_limited\",\"message\":\"slow down\"}}";
+    const ME: &str = "HTTP/1.1 200 OK\r\n\r\n{\"user_id\":7,\"handle\":\"a\",\"device_id\":\"00\"}";
+
+    #[test]
+    fn a_rate_limited_call_is_tried_again_when_asked() {
+        let (url, seen) = serve(vec![LIMITED, LIMITED, ME]);
+        let mut api = Api::new(&url).unwrap();
+        api.set_rate_limit_retry(Some(RateLimitRetry {
+            tries: 3,
+            pause: Duration::ZERO,
+            pause_max: Duration::ZERO,
+        }));
+        assert_eq!(api.me().unwrap().user_id, 7);
+        assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 3);
+    }
+
+    #[test]
+    fn rate_limited_tries_are_bounded_and_the_last_refusal_returned() {
+        let (url, seen) = serve(vec![LIMITED, LIMITED, ME]);
+        let mut api = Api::new(&url).unwrap();
+        api.set_rate_limit_retry(Some(RateLimitRetry {
+            tries: 2,
+            pause: Duration::ZERO,
+            pause_max: Duration::ZERO,
+        }));
+        let error = api.me().unwrap_err();
+        assert_eq!(error.code(), Some("rate_limited"), "{error}");
+        assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 2);
+        // Without a retry policy the first refusal is the answer.
+        let (url, seen) = serve(vec![LIMITED, ME]);
+        let error = Api::new(&url).unwrap().me().unwrap_err();
+        assert!(
+            matches!(error, ApiError::Status { status: 429, .. }),
+            "{error}"
+        );
+        assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 1);
     }
 
     #[test]

@@ -17,6 +17,8 @@
 //!   conversations).
 //! - [`QuicClient`]: the same over QUIC (`dp-quic`, one stream per connection), a blocking
 //!   driver over a `std::net::UdpSocket`, with the methods of [`Client`].
+//! - [`ops`]: the session operations (register, claim a pairing code, issue a REST token) as
+//!   typed calls on a [`Client`].
 //! - [`keyfile`]: the device's private key in a local file with mode 0600.
 //! - [`e2e`]: end-to-end encryption of envelope bodies between devices (Olm, `vodozemac`).
 //!
@@ -34,6 +36,7 @@ mod connection;
 mod dedup;
 pub mod e2e;
 pub mod keyfile;
+pub mod ops;
 pub mod quic;
 pub mod reconnect;
 
@@ -47,6 +50,7 @@ pub use dedup::Dedup;
 pub use dp_core::{ConversationId, DeviceId, MessageId};
 pub use dp_noise::{Cipher, Pattern, StaticKeypair, Suite};
 pub use dp_proto::{ErrorCode, Recipient, SendStatus};
+pub use ops::{IssuedToken, OpError, Ops, UserId};
 pub use quic::QuicClient;
 pub use reconnect::{
     Backoff, RECONNECT_DELAY_MAX, RECONNECT_DELAY_MIN, ReconnectEvent, ReconnectingClient,

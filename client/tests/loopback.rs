@@ -231,3 +231,55 @@ fn bursts_in_default_records_are_relayed() {
 fn full_size_records_in_bursts_are_accepted() {
     bursts(dp_core::limits::RECORD_PLAINTEXT_LEN_MAX);
 }
+
+/// Goal: session operations (`commucat_client::ops`) keep the server's refusal, hand the
+/// events that arrive before the answer to the handler, and stop when the handler fails.
+/// Method: dp-io's in-memory control, which has no accounts and answers every operation
+/// `NOT_FOUND`; a `Ping` sent first is answered by the shard before the operation's
+/// `Response` comes back from control, so its `Pong` always arrives meanwhile.
+#[test]
+fn session_operations_keep_refusals_and_hand_over_what_arrives_meanwhile() {
+    use commucat_client::{OpError, Ops, ops};
+    let (server, public, mut rng) = server(1);
+    let key = StaticKeypair::generate(&mut rng);
+    let mut client = connect(&server, public, &key, Suite::ALL[0]);
+
+    let error = ops::issue_token(&mut client).unwrap_err();
+    assert_eq!(error.status(), Some(ErrorCode::NOT_FOUND), "{error}");
+    assert_eq!(error.code(), None, "{error:?}");
+
+    client.ping(7).unwrap();
+    let mut seen = Vec::new();
+    let error = Ops::new(&mut client)
+        .wait(WAIT)
+        .on_event(|event| {
+            seen.push(event);
+            Ok(())
+        })
+        .register("alice", "phone")
+        .unwrap_err();
+    assert!(
+        matches!(
+            error,
+            OpError::Refused {
+                status: ErrorCode::NOT_FOUND,
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+    assert!(
+        seen.iter()
+            .any(|e| matches!(e, Event::Pong { nonce: 7, .. })),
+        "{seen:?}"
+    );
+
+    client.ping(8).unwrap();
+    let error = Ops::new(&mut client)
+        .on_event(|_| Err("the inbox is full".into()))
+        .claim_pairing_code("ABCDE-FGHIJ", "phone")
+        .unwrap_err();
+    assert!(matches!(error, OpError::Handler(_)), "{error:?}");
+    assert_eq!(error.to_string(), "the inbox is full");
+    server.shutdown();
+}

@@ -385,6 +385,26 @@ fn finish(report: &Report, out: Option<&PathBuf>) -> Result<()> {
     Ok(())
 }
 
+/// A target's failure, said on stderr and kept for the report.
+fn failure(kind: TargetKind, error: &anyhow::Error) -> String {
+    let line = format!("{}: {error:#}", kind.name());
+    eprintln!("{line}");
+    line
+}
+
+/// Records the targets that failed in the report, writes it, and fails when any did.
+fn finish_targets(report: &mut Report, failed: &[String], out: Option<&PathBuf>) -> Result<()> {
+    if !failed.is_empty() {
+        report.settings["failed"] = serde_json::json!(failed);
+    }
+    finish(report, out)?;
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        bail!("{} target(s) failed: {}", failed.len(), failed.join("; "))
+    }
+}
+
 fn relay(scenario: &str, args: &RelayArgs) -> Result<()> {
     if args.pairs == 0 {
         bail!("give at least one pair");
@@ -469,21 +489,10 @@ fn run_targets(
         };
         match run_one(kind, &args.server, settings, pace, kind_of) {
             Ok(result) => report.results.push(result),
-            Err(error) => {
-                eprintln!("{}: {error:#}", kind.name());
-                failed.push(format!("{}: {error:#}", kind.name()));
-            }
+            Err(error) => failed.push(failure(kind, &error)),
         }
     }
-    if !failed.is_empty() {
-        report.settings["failed"] = serde_json::json!(failed);
-    }
-    finish(&report, args.server.out.as_ref())?;
-    if failed.is_empty() {
-        Ok(())
-    } else {
-        bail!("{} target(s) failed: {}", failed.len(), failed.join("; "))
-    }
+    finish_targets(&mut report, &failed, args.server.out.as_ref())
 }
 
 fn run_one(
@@ -546,21 +555,10 @@ fn offline(args: &OfflineArgs) -> Result<()> {
         };
         match result {
             Ok(rows) => report.results.extend(rows),
-            Err(error) => {
-                eprintln!("{}: {error:#}", kind.name());
-                failed.push(format!("{}: {error:#}", kind.name()));
-            }
+            Err(error) => failed.push(failure(kind, &error)),
         }
     }
-    if !failed.is_empty() {
-        report.settings["failed"] = serde_json::json!(failed);
-    }
-    finish(&report, args.server.out.as_ref())?;
-    if failed.is_empty() {
-        Ok(())
-    } else {
-        bail!("{} target(s) failed: {}", failed.len(), failed.join("; "))
-    }
+    finish_targets(&mut report, &failed, args.server.out.as_ref())
 }
 
 fn handshake(args: &HandshakeArgs) -> Result<()> {

@@ -6,25 +6,24 @@
 //! - **nats**: one publisher and N subscribers on one subject.
 //! - **commucat**: a group conversation with N member devices besides the sender's; the sender
 //!   sends `Recipient::Conversation(id)` once and the server fans it out. Set-up registers the
-//!   devices, makes the recipients the sender's friends and invites them ([`super::rest`]),
+//!   devices, makes the recipients the sender's friends and invites them (session operations
+//!   of [`commucat_client::ops`], then [`commucat_client::api`]),
 //!   then sends one probe: a server that refuses conversation sends stops the run with a clear
 //!   message instead of a report of nothing.
 
 use super::lanes::{self, Pipe, SETUP_TIMEOUT};
-use super::rest::{self, Rest};
 use super::servers::Target;
 use anyhow::{Context, Result, bail};
-use commucat_client::{Client, Clock, Connection, ConnectionConfig, Event, SendStatus, Suite};
+use commucat_client::api::{Api, RateLimitRetry};
+use commucat_client::{Client, Clock, Connection, ConnectionConfig, Event, SendStatus, Suite, ops};
 use dp_core::{ConversationId, MessageId, SeededRng};
 use dp_noise::StaticKeypair;
 use dp_proto::Recipient;
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
-use serde_json::json;
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -140,7 +139,7 @@ impl FanoutLane {
     ) -> Result<Self> {
         let size = size.max(8);
         let (sender, sender_stream, recipients, conversation) =
-            commucat_group(target, Rest { addr: api }, suite, group, clock)?;
+            commucat_group(target, api, suite, group, clock)?;
         Ok(Self::new(
             Side::Commucat(Box::new(CommucatGroup {
                 sender,
@@ -344,12 +343,34 @@ impl FanoutLane {
 
 type Session = (Connection<SeededRng>, TcpStream);
 
+/// How often a rate-limited (429) REST call is tried before giving up; the API's default
+/// allows bursts of 100 per address and 60 per device, then 20 and 10 per second.
+const RATE_LIMITED_TRIES_MAX: u32 = 200;
+/// The pause after a 429 answer without `Retry-After`.
+const RATE_LIMITED_PAUSE: Duration = Duration::from_millis(100);
+/// The longest pause after a 429 answer, whatever its `Retry-After` says.
+const RATE_LIMITED_PAUSE_MAX: Duration = Duration::from_secs(5);
+/// The device name the bench registers its devices under.
+const DEVICE_NAME: &str = "bench";
+
+/// Registers the session's device as the first device of a new account `handle`, then gets
+/// its REST token; returns a REST client with that token.
+fn register_with_api(client: &mut Client<SeededRng>, handle: &str, rest: &Api) -> Result<Api> {
+    ops::register(client, handle, DEVICE_NAME)
+        .map_err(|e| anyhow::anyhow!("register {handle} over the session: {e}"))?;
+    let issued =
+        ops::issue_token(client).map_err(|e| anyhow::anyhow!("a REST token for {handle}: {e}"))?;
+    let mut api = rest.clone();
+    api.set_token(Some(issued.token));
+    Ok(api)
+}
+
 /// Registers a sender and `group` recipients, makes them friends, creates the group and
 /// invites them, then proves with one probe message that the server fans conversation sends
 /// out. Returns the sender, its socket, the recipients and the conversation.
 fn commucat_group(
     target: &Target,
-    rest: Rest,
+    api: SocketAddr,
     suite: Suite,
     group: usize,
     clock: Clock,
@@ -372,27 +393,34 @@ fn commucat_group(
         Client::connect_with(target.addr, config, SeededRng::new(seed), clock, None)
             .map_err(|e| anyhow::anyhow!("CommuCat session: {e}"))
     };
+    let mut rest = Api::new(&format!("http://{api}/v1"))?;
+    rest.set_rate_limit_retry(Some(RateLimitRetry {
+        tries: RATE_LIMITED_TRIES_MAX,
+        pause: RATE_LIMITED_PAUSE,
+        pause_max: RATE_LIMITED_PAUSE_MAX,
+    }));
     let owner = format!("bench-{run}-owner");
     let mut sender = connect(&mut rng)?;
-    let sender_token = rest::register_with_token(&mut sender, &owner)?;
-    let created = rest.call(
-        "POST",
-        "/v1/conversations/groups",
-        &sender_token,
-        Some(&json!({ "title": "bench fanout" })),
-    )?;
-    let conversation = ConversationId(created["id"].as_u64().context("group without an id")?);
+    let sender_api = register_with_api(&mut sender, &owner, &rest)?;
+    let conversation = ConversationId(
+        sender_api
+            .create_group("bench fanout")
+            .context("create the group")?,
+    );
     let mut recipients = Vec::with_capacity(group);
     for i in 0..group {
         let handle = format!("bench-{run}-r{i}");
         let mut client = connect(&mut rng)?;
-        let token = rest::register_with_token(&mut client, &handle)?;
-        let who = json!({ "handle": handle });
-        rest.call("POST", "/v1/friends/requests", &sender_token, Some(&who))?;
-        let accept = format!("/v1/friends/requests/{owner}/accept");
-        rest.call("POST", &accept, &token, None)?;
-        let members = format!("/v1/conversations/{}/members", conversation.0);
-        rest.call("POST", &members, &sender_token, Some(&who))?;
+        let member_api = register_with_api(&mut client, &handle, &rest)?;
+        sender_api
+            .request_friend(&handle)
+            .with_context(|| format!("friend request to {handle}"))?;
+        member_api
+            .accept_friend(&owner)
+            .with_context(|| format!("{handle} accepts the friend request"))?;
+        sender_api
+            .add_member(conversation.0, &handle)
+            .with_context(|| format!("add {handle} to the group"))?;
         recipients.push(client);
         if (i + 1) % 50 == 0 {
             eprintln!("[fanout] {} of {group} members set up", i + 1);
@@ -481,16 +509,13 @@ fn probe(
 pub fn start_echo() -> Result<Target> {
     let mut listener = TcpListener::bind("127.0.0.1:0".parse()?)?;
     let addr = listener.local_addr()?;
-    let stop = Arc::new(AtomicBool::new(false));
-    let thread_stop = Arc::clone(&stop);
-    let thread = std::thread::Builder::new()
-        .name(format!("{FANOUT_ECHO_THREAD}-0"))
-        .spawn(move || {
-            if let Err(error) = echo_loop(&mut listener, &thread_stop) {
-                eprintln!("fan-out echo server: {error}");
-            }
-        })?;
-    Ok(Target::in_thread(addr, FANOUT_ECHO_THREAD, stop, thread))
+    Target::in_thread(
+        addr,
+        format!("{FANOUT_ECHO_THREAD}-0"),
+        FANOUT_ECHO_THREAD,
+        "fan-out echo server",
+        move |stop| echo_loop(&mut listener, stop),
+    )
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]

@@ -13,7 +13,6 @@ pub mod jetstream;
 pub mod lanes;
 pub mod offline;
 pub mod report;
-pub mod rest;
 pub mod servers;
 pub mod sys;
 

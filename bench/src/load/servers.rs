@@ -48,14 +48,24 @@ enum Kind {
 }
 
 impl Target {
-    /// A server running on a thread of this process whose name starts with `prefix`.
+    /// A server at `addr` that `serve` runs on a thread of this process named `thread` (its
+    /// CPU is counted by the name's `prefix`) until its stop flag is set; `what` names it in
+    /// the error that ends it.
     pub(super) fn in_thread(
         addr: SocketAddr,
+        thread: String,
         prefix: &'static str,
-        stop: Arc<AtomicBool>,
-        thread: JoinHandle<()>,
-    ) -> Self {
-        Self {
+        what: &'static str,
+        serve: impl FnOnce(&AtomicBool) -> std::io::Result<()> + Send + 'static,
+    ) -> Result<Self> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread_stop = Arc::clone(&stop);
+        let thread = std::thread::Builder::new().name(thread).spawn(move || {
+            if let Err(error) = serve(&thread_stop) {
+                eprintln!("{what}: {error}");
+            }
+        })?;
+        Ok(Self {
             addr,
             server_key: [0; 32],
             api: None,
@@ -65,7 +75,7 @@ impl Target {
                 stop,
                 thread: Some(thread),
             },
-        }
+        })
     }
 
     /// CPU time used so far by the server, in ns.
@@ -134,26 +144,13 @@ impl Target {
 pub fn start_echo() -> Result<Target> {
     let mut listener = TcpListener::bind("127.0.0.1:0".parse()?)?;
     let addr = listener.local_addr()?;
-    let stop = Arc::new(AtomicBool::new(false));
-    let thread_stop = Arc::clone(&stop);
-    let thread = std::thread::Builder::new()
-        .name(format!("{ECHO_THREAD}-0"))
-        .spawn(move || {
-            if let Err(error) = echo_loop(&mut listener, &thread_stop) {
-                eprintln!("echo server: {error}");
-            }
-        })?;
-    Ok(Target {
+    Target::in_thread(
         addr,
-        server_key: [0; 32],
-        api: None,
-        pid: Some(std::process::id()),
-        prefix: Some(ECHO_THREAD),
-        kind: Kind::Echo {
-            stop,
-            thread: Some(thread),
-        },
-    })
+        format!("{ECHO_THREAD}-0"),
+        ECHO_THREAD,
+        "echo server",
+        move |stop| echo_loop(&mut listener, stop),
+    )
 }
 
 struct EchoConn {
@@ -240,26 +237,13 @@ const ECHO_UDP_THREAD: &str = "bench-uecho";
 pub fn start_echo_udp() -> Result<Target> {
     let mut socket = mio::net::UdpSocket::bind("127.0.0.1:0".parse()?)?;
     let addr = socket.local_addr()?;
-    let stop = Arc::new(AtomicBool::new(false));
-    let thread_stop = Arc::clone(&stop);
-    let thread = std::thread::Builder::new()
-        .name(ECHO_UDP_THREAD.into())
-        .spawn(move || {
-            if let Err(error) = echo_udp_loop(&mut socket, &thread_stop) {
-                eprintln!("UDP echo server: {error}");
-            }
-        })?;
-    Ok(Target {
+    Target::in_thread(
         addr,
-        server_key: [0; 32],
-        api: None,
-        pid: Some(std::process::id()),
-        prefix: Some(ECHO_UDP_THREAD),
-        kind: Kind::Echo {
-            stop,
-            thread: Some(thread),
-        },
-    })
+        ECHO_UDP_THREAD.into(),
+        ECHO_UDP_THREAD,
+        "UDP echo server",
+        move |stop| echo_udp_loop(&mut socket, stop),
+    )
 }
 
 fn echo_udp_loop(socket: &mut mio::net::UdpSocket, stop: &AtomicBool) -> std::io::Result<()> {

@@ -6,6 +6,8 @@
 // The test watches the server process from helper threads, with deadlines.
 #![allow(clippy::disallowed_methods)]
 
+mod common;
+
 use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 
@@ -180,19 +182,7 @@ fn serve_survives_a_closed_stdout() {
     use std::time::Duration;
 
     let dir = temp_dir("closed-stdout");
-    let mut child = commucat()
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--api-listen",
-            "127.0.0.1:0",
-        ])
-        .args(["--shards", "1", "--data-dir"])
-        .arg(dir.join("data"))
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = common::serve_command(&dir.join("data"), 1).spawn().unwrap();
     let mut stdout = BufReader::new(child.stdout.take().unwrap());
     let mut line = String::new();
     while !line.starts_with("REST API at") {
@@ -223,22 +213,7 @@ fn serve_accepts_and_stops(name: &str, extra: &[&str]) -> String {
 
     let dir = temp_dir(name);
     let data = dir.join("data");
-    let mut child = commucat()
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--api-listen",
-            "127.0.0.1:0",
-            "--shards",
-            "2",
-            "--data-dir",
-        ])
-        .arg(&data)
-        .args(extra)
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = common::serve_command(&data, 2).args(extra).spawn().unwrap();
     let stdout = child.stdout.take().unwrap();
     let (lines_tx, lines) = mpsc::channel();
     std::thread::spawn(move || {

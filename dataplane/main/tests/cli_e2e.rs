@@ -6,60 +6,13 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 #![allow(clippy::disallowed_methods)] // a test of real processes
 
+mod common;
+
 use serde_json::Value;
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-
-struct Serve {
-    child: Child,
-    invite: Vec<String>,
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Starts `commucat serve` on free ports and returns the `init` arguments of its invite line.
-fn serve(data: &Path) -> Serve {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_commucat"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--api-listen",
-            "127.0.0.1:0",
-        ])
-        .args(["--shards", "2", "--data-dir"])
-        .arg(data)
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut invite = None;
-    for line in lines.by_ref() {
-        let line = line.unwrap();
-        if let Some(at) = line.find("commucat client init ") {
-            invite = Some(
-                line[at + "commucat client ".len()..]
-                    .split_whitespace()
-                    .map(str::to_string)
-                    .collect(),
-            );
-            break;
-        }
-    }
-    // Keep reading, so the server never writes into a closed pipe.
-    std::thread::spawn(move || for _ in lines {});
-    Serve {
-        child,
-        invite: invite.expect("serve printed an invite line"),
-    }
-}
+use std::process::{Command, Stdio};
 
 struct Run {
     ok: bool,
@@ -118,7 +71,7 @@ fn texts(messages: &[Value]) -> BTreeSet<String> {
 fn two_users_pair_befriend_chat_and_an_offline_device_gets_its_backlog_once() {
     let dir = std::env::temp_dir().join(format!("commucat-cli-e2e-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let server = serve(&dir.join("data"));
+    let server = common::serve(&dir.join("data"), &[]);
     let profile = |name: &str| -> PathBuf { dir.join(name) };
     let (alice1, alice2, bob) = (profile("alice1"), profile("alice2"), profile("bob"));
 

@@ -2,114 +2,20 @@
 //! registers is the one its handshake proved), and revoking it through the REST API ends its
 //! live session on the data plane (DESIGN.md §6.4, attack: "a revoked device keeps its live
 //! session"). Method: the real `commucat serve` (SQLite, REST API on a free port), a client of
-//! the client library, and plain HTTP/1.1 over a TCP socket.
+//! the client library's session operations (`commucat_client::ops`) and its REST client.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 #![allow(clippy::disallowed_methods)] // a test of a real process: its own clock and threads
 
-use commucat_client::{Client, ConnectionConfig, Event};
+mod common;
+
+use common::serve;
+use commucat_client::api::{Api, ApiError};
+use commucat_client::{Client, ConnectionConfig, Event, ops};
 use dp_core::SeededRng;
 use dp_noise::StaticKeypair;
 use dp_proto::ErrorCode;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
-
-const OP_REGISTER: u16 = 0x0001;
-const OP_ISSUE_TOKEN: u16 = 0x0003;
-
-struct Serve {
-    child: Child,
-    listen: SocketAddr,
-    api: SocketAddr,
-    public: [u8; 32],
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn after<'a>(line: &'a str, prefix: &str) -> Option<&'a str> {
-    line.find(prefix).map(|at| &line[at + prefix.len()..])
-}
-
-fn serve(data: &std::path::Path, extra: &[&str]) -> Serve {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_commucat"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--api-listen",
-            "127.0.0.1:0",
-        ])
-        .args(["--shards", "2", "--data-dir"])
-        .arg(data)
-        .args(extra)
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let (mut listen, mut api, mut public) = (None, None, None);
-    for line in lines {
-        let line = line.unwrap();
-        if let Some(rest) = after(&line, "listening on ") {
-            listen = rest.split(' ').next().map(|a| a.parse().unwrap());
-        }
-        if let Some(rest) = after(&line, "REST API at http://") {
-            api = rest.split('/').next().map(|a| a.parse().unwrap());
-        }
-        if let Some(rest) = after(&line, "(give it to clients): ") {
-            public = Some(hex::decode(rest.trim()).unwrap().try_into().unwrap());
-        }
-        if listen.is_some() && api.is_some() && public.is_some() {
-            break;
-        }
-    }
-    Serve {
-        child,
-        listen: listen.expect("serve said where it listens"),
-        api: api.expect("serve said where the API is"),
-        public: public.expect("serve printed its key"),
-    }
-}
-
-/// One request over a fresh connection; returns the status code and the body.
-fn http(api: SocketAddr, method: &str, path: &str, token: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect(api).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    write!(
-        stream,
-        "{method} {path} HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {token}\r\n\
-         content-length: 0\r\nconnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let status = response[9..12].parse().unwrap();
-    let body = response.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
-    (status, body)
-}
-
-/// Sends a request and waits for its response.
-fn request(client: &mut Client<SeededRng>, id: u32, op: u16, body: &str) -> (ErrorCode, String) {
-    client.request(id, op, body.as_bytes()).unwrap();
-    loop {
-        match client.next_event(Duration::from_secs(10)).unwrap() {
-            Some(Event::Response {
-                request_id,
-                status,
-                body,
-            }) if request_id == id => return (status, String::from_utf8(body).unwrap()),
-            Some(_) => {}
-            None => panic!("no response to request {id}"),
-        }
-    }
-}
 
 #[test]
 fn register_and_token_over_the_session_and_revocation_ends_the_session() {
@@ -121,48 +27,28 @@ fn register_and_token_over_the_session_and_revocation_ends_the_session() {
     let mut client = Client::connect(server.listen, config, SeededRng::new(78)).unwrap();
 
     // Before registering, the device has no account: no token.
-    let (status, body) = request(&mut client, 1, OP_ISSUE_TOKEN, "{}");
-    assert_eq!(status, ErrorCode::UNAUTHENTICATED, "{body}");
+    let error = ops::issue_token(&mut client).unwrap_err();
+    assert_eq!(error.status(), Some(ErrorCode::UNAUTHENTICATED), "{error}");
 
-    let (status, body) = request(
-        &mut client,
-        2,
-        OP_REGISTER,
-        r#"{"handle":"alice","device_name":"phone"}"#,
-    );
-    assert_eq!(status, ErrorCode::OK, "{body}");
+    let user = ops::register(&mut client, "alice", "phone").unwrap();
     // The same handle again (from the same device) is refused with a stable code.
-    let (status, body) = request(
-        &mut client,
-        3,
-        OP_REGISTER,
-        r#"{"handle":"alice","device_name":"phone"}"#,
-    );
-    assert_eq!(status, ErrorCode::CONFLICT, "{body}");
-    assert!(body.contains("error"), "{body}");
+    let error = ops::register(&mut client, "alice", "phone").unwrap_err();
+    assert_eq!(error.status(), Some(ErrorCode::CONFLICT), "{error}");
+    assert!(error.code().is_some(), "{error:?}");
 
-    let (status, body) = request(&mut client, 4, OP_ISSUE_TOKEN, "{}");
-    assert_eq!(status, ErrorCode::OK, "{body}");
-    let reply: serde_json::Value = serde_json::from_str(&body).unwrap();
-    let token = reply["token"].as_str().unwrap().to_string();
+    let issued = ops::issue_token(&mut client).unwrap();
+    assert!(issued.expires_at_ms > 0, "{issued:?}");
+    let mut api = Api::new(&format!("http://{}/v1", server.api)).unwrap();
+    api.set_token(Some(issued.token));
 
-    let (code, me) = http(server.api, "GET", "/v1/me", &token);
-    assert_eq!(code, 200, "{me}");
+    let me = api.me().unwrap();
     let device = hex::encode(client.device().0);
-    assert!(
-        me.contains(&device),
-        "/v1/me names the session's device: {me}"
-    );
+    assert_eq!(me.device_id, device, "/v1/me names the session's device");
+    assert_eq!((me.user_id, me.handle.as_str()), (user.0, "alice"));
 
     // The device revokes itself through the REST API: its live Noise session must end.
     let revoked_at = Instant::now();
-    let (code, body) = http(
-        server.api,
-        "DELETE",
-        &format!("/v1/devices/{device}"),
-        &token,
-    );
-    assert!((200..300).contains(&code), "{code} {body}");
+    api.revoke_device(&device).unwrap();
     let mut ended = None;
     while revoked_at.elapsed() < Duration::from_secs(10) && ended.is_none() {
         match client.next_event(Duration::from_millis(50)) {
@@ -182,8 +68,11 @@ fn register_and_token_over_the_session_and_revocation_ends_the_session() {
     );
 
     // And its token is dead.
-    let (code, _) = http(server.api, "GET", "/v1/me", &token);
-    assert_eq!(code, 401);
+    let error = api.me().unwrap_err();
+    assert!(
+        matches!(error, ApiError::Status { status: 401, .. }),
+        "{error}"
+    );
     drop(server);
     std::fs::remove_dir_all(&dir).unwrap();
 }

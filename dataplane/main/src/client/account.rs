@@ -1,7 +1,7 @@
 //! Account commands: init, register, pairing, devices, friends, groups.
 
 use super::profile::{Profile, Settings};
-use super::session::{Ctx, OP_CLAIM_PAIRING, OP_REGISTER, reason};
+use super::session::{Ctx, op_error, reason};
 use super::{FriendsCommand, GroupsCommand, Out};
 use anyhow::{Result, bail};
 use commucat_client::ErrorCode;
@@ -69,27 +69,31 @@ pub(crate) fn register(mut ctx: Ctx, handle: &str, out: Out) -> Result<()> {
         bail!("this profile is already registered as {old}: use another --profile");
     }
     let mut client = ctx.connect()?;
-    let body = json!({ "handle": handle, "device_name": ctx.settings.device_name });
-    let (status, answer) = ctx.request(&mut client, OP_REGISTER, &body)?;
-    match status {
-        ErrorCode::OK => {}
-        ErrorCode::CONFLICT => bail!(
-            "cannot register {handle}: {} — choose another handle (or this device is registered \
-             already)",
-            reason(&answer)
-        ),
-        ErrorCode::MALFORMED_FRAME => {
-            bail!("{handle} is not a valid handle: {}", reason(&answer))
-        }
-        other => bail!("registration failed ({other}): {}", reason(&answer)),
-    }
+    let user = match ctx
+        .ops(&mut client)
+        .register(handle, &ctx.settings.device_name)
+    {
+        Ok(user) => user,
+        Err(error) => match error.status() {
+            Some(ErrorCode::CONFLICT) => bail!(
+                "cannot register {handle}: {} — choose another handle (or this device is \
+                 registered already)",
+                reason(&error)
+            ),
+            Some(ErrorCode::MALFORMED_FRAME) => {
+                bail!("{handle} is not a valid handle: {}", reason(&error))
+            }
+            Some(other) => bail!("registration failed ({other}): {}", reason(&error)),
+            None => return Err(op_error(error)),
+        },
+    };
     ctx.settings.handle = Some(handle.to_string());
     ctx.profile.save_settings(&ctx.settings)?;
     ctx.issue_token(&mut client)?;
     let _ = client.flush();
     let device = hex::encode(client.device().0);
     out.emit(
-        &json!({ "handle": handle, "user": answer["user"], "device": device }),
+        &json!({ "handle": handle, "user": user.0, "device": device }),
         || format!("registered {handle}; this device is {device}"),
     );
     Ok(())
@@ -112,20 +116,23 @@ pub(crate) fn pair_claim(mut ctx: Ctx, code: &str, out: Out) -> Result<()> {
         bail!("this profile is already a device of {old}: use another --profile");
     }
     let mut client = ctx.connect()?;
-    let body = json!({ "code": code, "device_name": ctx.settings.device_name });
-    let (status, answer) = ctx.request(&mut client, OP_CLAIM_PAIRING, &body)?;
-    match status {
-        ErrorCode::OK => {}
-        ErrorCode::FORBIDDEN | ErrorCode::MALFORMED_FRAME => bail!(
-            "the pairing code {code} was refused ({}): it is wrong, used or expired — create a \
-             new one with `commucat client pair create` on a device of the account",
-            reason(&answer)
-        ),
-        ErrorCode::CONFLICT => bail!(
-            "this device already belongs to an account ({}): use a new --profile",
-            reason(&answer)
-        ),
-        other => bail!("pairing failed ({other}): {}", reason(&answer)),
+    let claimed = ctx
+        .ops(&mut client)
+        .claim_pairing_code(code, &ctx.settings.device_name);
+    if let Err(error) = claimed {
+        match error.status() {
+            Some(ErrorCode::FORBIDDEN | ErrorCode::MALFORMED_FRAME) => bail!(
+                "the pairing code {code} was refused ({}): it is wrong, used or expired — create \
+                 a new one with `commucat client pair create` on a device of the account",
+                reason(&error)
+            ),
+            Some(ErrorCode::CONFLICT) => bail!(
+                "this device already belongs to an account ({}): use a new --profile",
+                reason(&error)
+            ),
+            Some(other) => bail!("pairing failed ({other}): {}", reason(&error)),
+            None => return Err(op_error(error)),
+        }
     }
     let token = ctx.issue_token(&mut client)?;
     let _ = client.flush();

@@ -7,7 +7,7 @@ use super::profile::{Received, parse_device_id};
 use super::session::Ctx;
 use anyhow::{Context, Result, anyhow, bail};
 use commucat_client::{
-    Client, ConversationId, Delivery, DeviceId, ErrorCode, Event, MessageId, OsRng, Recipient,
+    Client, ConversationId, DeviceId, ErrorCode, Event, MessageId, OsRng, Recipient,
     ReconnectEvent, SendStatus,
 };
 use serde_json::json;
@@ -279,17 +279,6 @@ fn show(ctx: &Ctx, directory: &mut Directory, received: &Received, out: Out) {
     });
 }
 
-fn received(delivery: &Delivery) -> Received {
-    Received {
-        id: hex::encode(delivery.message.0),
-        device: hex::encode(delivery.sender.0),
-        conversation: delivery.conversation.0,
-        seq: delivery.seq,
-        sent_at_ms: delivery.sent_at_ms,
-        body: hex::encode(&delivery.body),
-    }
-}
-
 /// Reports connection changes on stderr (stdout stays one object per message).
 fn report(event: &ReconnectEvent) {
     match event {
@@ -331,7 +320,7 @@ pub(crate) fn listen(ctx: &Ctx, count: Option<u64>, timeout: Option<u64>, out: O
         };
         match client.next_event(wait)? {
             Some(ReconnectEvent::Event(Event::Delivered(delivery))) => {
-                let message = received(&delivery);
+                let message = Received::from(&delivery);
                 ctx.profile.mark_seen(delivery.message)?;
                 show(ctx, &mut directory, &message, out);
                 shown += 1;
@@ -373,7 +362,7 @@ pub(crate) fn chat(ctx: &Ctx, handle: &str, out: Out) -> Result<()> {
         match client.next_event(POLL_INTERVAL)? {
             Some(ReconnectEvent::Event(Event::Delivered(delivery))) => {
                 ctx.profile.mark_seen(delivery.message)?;
-                show(ctx, &mut directory, &received(&delivery), out);
+                show(ctx, &mut directory, &Received::from(&delivery), out);
             }
             Some(other) => report(&other),
             None => {}

@@ -10,7 +10,7 @@
 //! ```
 
 use anyhow::{Context, Result, bail};
-use commucat_client::{Dedup, DeviceId, MessageId, OsRng, StaticKeypair, keyfile};
+use commucat_client::{Dedup, Delivery, DeviceId, MessageId, OsRng, StaticKeypair, keyfile};
 use serde::{Deserialize, Serialize};
 use std::fs::OpenOptions;
 use std::io::Write;
@@ -44,6 +44,19 @@ pub(crate) struct Received {
     pub(crate) seq: u64,
     pub(crate) sent_at_ms: u64,
     pub(crate) body: String,
+}
+
+impl From<&Delivery> for Received {
+    fn from(delivery: &Delivery) -> Self {
+        Self {
+            id: hex::encode(delivery.message.0),
+            device: hex::encode(delivery.sender.0),
+            conversation: delivery.conversation.0,
+            seq: delivery.seq,
+            sent_at_ms: delivery.sent_at_ms,
+            body: hex::encode(&delivery.body),
+        }
+    }
 }
 
 #[derive(Debug)]

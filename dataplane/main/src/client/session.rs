@@ -5,17 +5,12 @@ use super::profile::{Profile, Received, Settings};
 use anyhow::{Context, Result, anyhow, bail};
 use commucat_client::api::{Api, ApiError};
 use commucat_client::{
-    Client, ConnectionConfig, Delivery, Error, ErrorCode, Event, OsRng, ReconnectingClient,
+    Client, ConnectionConfig, Delivery, Error, ErrorCode, Event, OpError, Ops, OsRng,
+    ReconnectingClient,
 };
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
-/// Register this device as the first of a new account.
-pub(crate) const OP_REGISTER: u16 = 0x0001;
-/// Join an account with a pairing code.
-pub(crate) const OP_CLAIM_PAIRING: u16 = 0x0002;
-/// Issue a REST token for this device.
-pub(crate) const OP_ISSUE_TOKEN: u16 = 0x0003;
 /// How long to wait for the answer to a control operation.
 pub(crate) const REQUEST_WAIT: Duration = Duration::from_secs(10);
 
@@ -104,14 +99,7 @@ impl Ctx {
 
     /// Keeps a message that arrived during another command for the next `listen`.
     pub(crate) fn stash(&self, delivery: &Delivery) -> Result<()> {
-        let received = Received {
-            id: hex::encode(delivery.message.0),
-            device: hex::encode(delivery.sender.0),
-            conversation: delivery.conversation.0,
-            seq: delivery.seq,
-            sent_at_ms: delivery.sent_at_ms,
-            body: hex::encode(&delivery.body),
-        };
+        let received = Received::from(delivery);
         if self.profile.keep(&received)? {
             self.profile.mark_seen(delivery.message)?;
         } else {
@@ -122,55 +110,30 @@ impl Ctx {
         Ok(())
     }
 
-    /// Sends a control operation and waits for its answer; messages that arrive meanwhile go
+    /// Control operations (PROTOCOL.md §7.7) on `client`; messages that arrive meanwhile go
     /// to the inbox.
-    pub(crate) fn request(
-        &self,
-        client: &mut Client<OsRng>,
-        op: u16,
-        body: &serde_json::Value,
-    ) -> Result<(ErrorCode, serde_json::Value)> {
-        let request_id = op.into();
-        client
-            .request(request_id, op, body.to_string().as_bytes())
-            .map_err(|e| anyhow!("the connection failed: {e}: try again"))?;
-        loop {
-            match client.next_event(REQUEST_WAIT) {
-                Ok(Some(Event::Response {
-                    request_id: id,
-                    status,
-                    body,
-                })) if id == request_id => {
-                    let value = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
-                    return Ok((status, value));
-                }
-                Ok(Some(Event::Delivered(delivery))) => self.stash(&delivery)?,
-                Ok(Some(Event::Closed(reason))) => {
-                    bail!("the server closed the session ({reason:?}): try again")
-                }
-                Ok(Some(_)) => {}
-                Ok(None) => bail!("the server did not answer in time: try again"),
-                Err(error) => bail!("the connection failed: {error}: try again"),
+    pub(crate) fn ops<'a>(&'a self, client: &'a mut Client<OsRng>) -> Ops<'a, OsRng> {
+        Ops::new(client).wait(REQUEST_WAIT).on_event(|event| {
+            if let Event::Delivered(delivery) = event {
+                self.stash(&delivery)?;
             }
-        }
+            Ok(())
+        })
     }
 
     /// A fresh REST token over the session, saved in the profile.
     pub(crate) fn issue_token(&self, client: &mut Client<OsRng>) -> Result<String> {
-        let (status, body) = self.request(client, OP_ISSUE_TOKEN, &serde_json::json!({}))?;
-        if status == ErrorCode::UNAUTHENTICATED {
-            bail!(
+        let token = match self.ops(client).issue_token() {
+            Ok(issued) => issued.token,
+            Err(error) if error.status() == Some(ErrorCode::UNAUTHENTICATED) => bail!(
                 "this device has no account (not registered, or revoked): run `commucat client \
                  register HANDLE` or `commucat client pair claim CODE` in a new profile"
-            );
-        }
-        if status != ErrorCode::OK {
-            bail!("the server refused a token ({status}): {}", reason(&body));
-        }
-        let token = body["token"]
-            .as_str()
-            .context("the server's token answer has no token")?
-            .to_string();
+            ),
+            Err(error @ OpError::Refused { status, .. }) => {
+                bail!("the server refused a token ({status}): {}", reason(&error))
+            }
+            Err(error) => return Err(op_error(error)),
+        };
         self.profile.save_token(&token)?;
         Ok(token)
     }
@@ -227,11 +190,20 @@ impl Ctx {
     }
 }
 
-/// The error message in a control operation's JSON answer.
-pub(crate) fn reason(body: &serde_json::Value) -> String {
-    body["error"]["message"]
-        .as_str()
-        .or_else(|| body["error"].as_str())
-        .or_else(|| body["message"].as_str())
-        .map_or_else(|| body.to_string(), str::to_string)
+/// A control operation's failure that is not a refusal, as the CLI says it.
+pub(crate) fn op_error(error: OpError) -> anyhow::Error {
+    match error {
+        OpError::Connection(_) | OpError::Closed(_) | OpError::Timeout => {
+            anyhow!("{error}: try again")
+        }
+        OpError::Refused { status, .. } => {
+            anyhow!("the server refused ({status}): {}", reason(&error))
+        }
+        other => anyhow!("{other}"),
+    }
+}
+
+/// Why the server refused a control operation: its stable code, or the body it sent.
+pub(crate) fn reason(error: &OpError) -> &str {
+    error.reason().unwrap_or("")
 }
