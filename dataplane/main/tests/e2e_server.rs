@@ -5,118 +5,24 @@
 //! with [`commucat_client::e2e::E2e`] and sends it over the data plane; Bob opens it. The body
 //! as delivered, and as stored in the SQLite database for Bob while he is offline, must not
 //! contain the plaintext.
-//!
-//! The binary comes from this workspace's target directory (`cargo build -p commucat` is run
-//! first, a no-op when it is fresh).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 #![allow(clippy::disallowed_methods)] // a test of a real process: its own clock and threads
 
+mod common;
+
+use common::Serve;
+use commucat_client::api::Api;
 use commucat_client::e2e::{ClaimRequest, ClaimResponse, E2e, PublishResponse};
-use commucat_client::{Client, ConnectionConfig, Event, Recipient, SendStatus};
-use dp_core::SeededRng;
+use commucat_client::{Client, ConnectionConfig, Event, OsRng, Recipient, SendStatus, ops};
 use dp_noise::StaticKeypair;
-use dp_proto::ErrorCode;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-const OP_REGISTER: u16 = 0x0001;
-const OP_ISSUE_TOKEN: u16 = 0x0003;
 const SECRET: &[u8] = b"the eagle lands at midnight; bring the cat food";
 
-/// The `commucat` binary of this workspace, built if needed.
-fn binary() -> PathBuf {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    // A clean environment: the variables `cargo test` sets for this process would otherwise
-    // make the nested build look different and rebuild the binary every time.
-    let mut cargo = Command::new(env!("CARGO"));
-    cargo.env_clear();
-    for var in [
-        "PATH",
-        "HOME",
-        "CARGO_HOME",
-        "CARGO_TARGET_DIR",
-        "RUSTUP_HOME",
-        "RUSTUP_TOOLCHAIN",
-    ] {
-        if let Some(value) = std::env::var_os(var) {
-            cargo.env(var, value);
-        }
-    }
-    let status = cargo
-        .args(["build", "--quiet", "-p", "commucat", "--bin", "commucat"])
-        .current_dir(&root)
-        .status()
-        .unwrap();
-    assert!(status.success(), "cargo build -p commucat failed");
-    // target/<profile>/deps/<this test> → target/<profile>/commucat
-    let exe = std::env::current_exe().unwrap();
-    let profile_dir = exe.parent().and_then(Path::parent).unwrap();
-    let path = profile_dir.join("commucat");
-    assert!(path.exists(), "{} not found", path.display());
-    path
-}
-
-struct Serve {
-    child: Child,
-    listen: SocketAddr,
-    api: SocketAddr,
-    public: [u8; 32],
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn after<'a>(line: &'a str, prefix: &str) -> Option<&'a str> {
-    line.find(prefix).map(|at| &line[at + prefix.len()..])
-}
-
-fn serve(data: &Path) -> Serve {
-    let mut child = Command::new(binary())
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--api-listen",
-            "127.0.0.1:0",
-        ])
-        .args(["--shards", "2", "--data-dir"])
-        .arg(data)
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let (mut listen, mut api, mut public) = (None, None, None);
-    for line in lines {
-        let line = line.unwrap();
-        if let Some(rest) = after(&line, "listening on ") {
-            listen = rest.split(' ').next().map(|a| a.parse().unwrap());
-        }
-        if let Some(rest) = after(&line, "REST API at http://") {
-            api = rest.split('/').next().map(|a| a.parse().unwrap());
-        }
-        if let Some(rest) = after(&line, "(give it to clients): ") {
-            public = Some(hex::decode(rest.trim()).unwrap().try_into().unwrap());
-        }
-        if listen.is_some() && api.is_some() && public.is_some() {
-            break;
-        }
-    }
-    Serve {
-        child,
-        listen: listen.expect("serve said where it listens"),
-        api: api.expect("serve said where the API is"),
-        public: public.expect("serve printed its key"),
-    }
-}
-
-/// One request over a fresh connection; returns the status code and the body.
+/// One request to the key directory over a fresh connection; returns the status and the body.
 fn http(api: SocketAddr, method: &str, path: &str, token: &str, body: &str) -> (u16, String) {
     let mut stream = TcpStream::connect(api).unwrap();
     stream
@@ -136,40 +42,25 @@ fn http(api: SocketAddr, method: &str, path: &str, token: &str, body: &str) -> (
     (status, body)
 }
 
-/// Sends a control request over the Noise session and waits for its response.
-fn request(client: &mut Client<SeededRng>, id: u32, op: u16, body: &str) -> (ErrorCode, String) {
-    client.request(id, op, body.as_bytes()).unwrap();
-    loop {
-        match client.next_event(Duration::from_secs(10)).unwrap() {
-            Some(Event::Response {
-                request_id,
-                status,
-                body,
-            }) if request_id == id => return (status, String::from_utf8(body).unwrap()),
-            Some(_) => {}
-            None => panic!("no response to request {id}"),
-        }
-    }
+fn api(server: &Serve, token: &str) -> Api {
+    let mut api = Api::new(&format!("http://{}/v1", server.api)).unwrap();
+    api.set_token(Some(token.to_string()));
+    api
 }
 
-fn connect(server: &Serve, key: &StaticKeypair, seed: u64) -> Client<SeededRng> {
+fn connect(server: &Serve, key: &StaticKeypair) -> Client {
     let config = ConnectionConfig::new(key.clone(), server.public);
-    Client::connect(server.listen, config, SeededRng::new(seed)).unwrap()
+    Client::connect(server.listen, config, OsRng).unwrap()
 }
 
 /// Registers `handle` over the device's session and returns a REST token.
-fn register(client: &mut Client<SeededRng>, handle: &str) -> String {
-    let body = format!(r#"{{"handle":"{handle}","device_name":"phone"}}"#);
-    let (status, reply) = request(client, 1, OP_REGISTER, &body);
-    assert_eq!(status, ErrorCode::OK, "{reply}");
-    let (status, reply) = request(client, 2, OP_ISSUE_TOKEN, "{}");
-    assert_eq!(status, ErrorCode::OK, "{reply}");
-    let reply: serde_json::Value = serde_json::from_str(&reply).unwrap();
-    reply["token"].as_str().unwrap().to_string()
+fn register(client: &mut Client, handle: &str) -> String {
+    ops::register(client, handle, "phone").unwrap();
+    ops::issue_token(client).unwrap().token
 }
 
 /// Waits for the acknowledgement of `message` and returns its status.
-fn send_ack(client: &mut Client<SeededRng>, message: dp_core::MessageId) -> SendStatus {
+fn send_ack(client: &mut Client, message: dp_core::MessageId) -> SendStatus {
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
         if let Ok(Some(Event::SendAck {
@@ -187,7 +78,7 @@ fn send_ack(client: &mut Client<SeededRng>, message: dp_core::MessageId) -> Send
 }
 
 /// Waits for the next delivery.
-fn delivery(client: &mut Client<SeededRng>) -> commucat_client::Delivery {
+fn delivery(client: &mut Client) -> commucat_client::Delivery {
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
         if let Ok(Some(Event::Delivered(delivery))) = client.next_event(Duration::from_millis(100))
@@ -217,31 +108,17 @@ fn encrypted_envelope_through_a_real_server_online_and_stored() {
     let dir = std::env::temp_dir().join(format!("commucat-e2e-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let data = dir.join("data");
-    let server = serve(&data);
-    let alice_key = StaticKeypair::generate(&mut SeededRng::new(101));
-    let bob_key = StaticKeypair::generate(&mut SeededRng::new(202));
-    let mut alice = connect(&server, &alice_key, 1);
-    let mut bob = connect(&server, &bob_key, 2);
+    let server = common::serve(&data, &[]);
+    let alice_key = StaticKeypair::generate(&mut OsRng);
+    let bob_key = StaticKeypair::generate(&mut OsRng);
+    let mut alice = connect(&server, &alice_key);
+    let mut bob = connect(&server, &bob_key);
     let alice_token = register(&mut alice, "alice");
     let bob_token = register(&mut bob, "bob");
     let (alice_device, bob_device) = (alice.device(), bob.device());
 
-    let (code, body) = http(
-        server.api,
-        "POST",
-        "/v1/friends/requests",
-        &alice_token,
-        r#"{"handle":"bob"}"#,
-    );
-    assert_eq!(code, 200, "{body}");
-    let (code, body) = http(
-        server.api,
-        "POST",
-        "/v1/friends/requests/alice/accept",
-        &bob_token,
-        "",
-    );
-    assert!((200..300).contains(&code), "{code} {body}");
+    api(&server, &alice_token).request_friend("bob").unwrap();
+    api(&server, &bob_token).accept_friend("alice").unwrap();
 
     // Bob publishes his keys; Alice claims them.
     let mut bob_e2e = E2e::new();
@@ -305,7 +182,7 @@ fn encrypted_envelope_through_a_real_server_online_and_stored() {
     }
 
     // Bob comes back: the stored envelope is delivered and opens.
-    let mut bob = connect(&server, &bob_key, 3);
+    let mut bob = connect(&server, &bob_key);
     let got = delivery(&mut bob);
     assert_eq!(
         got.message, message,
