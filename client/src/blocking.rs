@@ -282,6 +282,7 @@ impl<R: Rng> Client<R> {
     /// protocol.
     pub fn next_event(&mut self, timeout: Duration) -> Result<Option<Event>, Error> {
         let deadline = self.clock.now().saturating_add(timeout);
+        let mut peeked = false;
         loop {
             let now = self.clock.now();
             self.conn.handle_timeout(now);
@@ -301,9 +302,15 @@ impl<R: Rng> Client<R> {
                 .map_or(deadline, |t| t.min(deadline));
             let wait = wake.saturating_duration_since(now);
             if wait.is_zero() {
-                if now >= deadline {
+                if now < deadline {
+                    continue;
+                }
+                // Out of time (or a zero timeout): still take, once, what the socket already
+                // holds, so that polling with `Duration::ZERO` makes progress.
+                if peeked || !self.read_ready()? {
                     return Ok(None);
                 }
+                peeked = true;
                 continue;
             }
             self.stream.set_read_timeout(Some(wait))?;
@@ -321,6 +328,30 @@ impl<R: Rng> Client<R> {
                 Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
                 Err(error) => return Err(Error::Io(error)),
             }
+        }
+    }
+
+    /// Reads what the socket holds now, without waiting; `true` if it read anything.
+    fn read_ready(&mut self) -> Result<bool, Error> {
+        self.stream.set_nonblocking(true)?;
+        let read = self.stream.read(&mut self.read_buf);
+        self.stream.set_nonblocking(false)?;
+        match read {
+            Ok(0) => Err(Error::Eof),
+            Ok(n) => {
+                let now = self.clock.now();
+                self.conn.handle_input(now, &self.read_buf[..n])?;
+                Ok(true)
+            }
+            Err(error)
+                if matches!(
+                    error.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                ) =>
+            {
+                Ok(false)
+            }
+            Err(error) => Err(Error::Io(error)),
         }
     }
 

@@ -301,7 +301,11 @@ impl<R: Rng> QuicClient<R> {
     /// Takes the datagrams waiting on the socket, blocking at most `wait` for the first, and
     /// feeds the stream to the connection.
     fn receive(&mut self, wait: Duration) -> Result<(), Error> {
-        self.socket.set_read_timeout(Some(wait))?;
+        if wait.is_zero() {
+            self.socket.set_nonblocking(true)?;
+        } else {
+            self.socket.set_read_timeout(Some(wait))?;
+        }
         for taken in 0..DATAGRAM_BUDGET {
             match self.socket.recv_from(&mut self.recv_buf) {
                 Ok((n, from)) => {
@@ -344,6 +348,7 @@ impl<R: Rng> QuicClient<R> {
     /// protocol.
     pub fn next_event(&mut self, timeout: Duration) -> Result<Option<Event>, Error> {
         let deadline = self.clock.now().saturating_add(timeout);
+        let mut peeked = false;
         loop {
             let now = self.clock.now();
             self.conn.handle_timeout(now);
@@ -373,7 +378,14 @@ impl<R: Rng> QuicClient<R> {
             }
             if wait.is_zero() {
                 if now >= deadline {
-                    return Ok(None);
+                    // Out of time (or a zero timeout): still take, once, what the socket
+                    // already holds, so that polling with `Duration::ZERO` makes progress.
+                    if peeked {
+                        return Ok(None);
+                    }
+                    peeked = true;
+                    self.receive(Duration::ZERO)?;
+                    continue;
                 }
                 // A timer is due: run it without sleeping (the socket gets a 1 ms look).
                 wait = Duration::from_millis(1);

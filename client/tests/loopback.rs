@@ -283,3 +283,45 @@ fn session_operations_keep_refusals_and_hand_over_what_arrives_meanwhile() {
     assert_eq!(error.to_string(), "the inbox is full");
     server.shutdown();
 }
+
+/// Goal: a client polled only with a zero timeout (an event loop that never blocks on one
+/// client, as `bench` polls many) still reads its socket: the delivery arrives and is
+/// acknowledged. Method: the recipient calls `next_event(Duration::ZERO)` between short
+/// pauses until the delivery appears, under a deadline; the sender then gets its acknowledgement.
+#[test]
+fn polling_with_a_zero_timeout_reads_the_socket() {
+    let (server, public, mut rng) = server(1);
+    let a_key = StaticKeypair::generate(&mut rng);
+    let b_key = StaticKeypair::generate(&mut rng);
+    let mut a = connect(&server, public, &a_key, Suite::ALL[0]);
+    let mut b = connect(&server, public, &b_key, Suite::ALL[0]);
+    let id = a.send(Recipient::Device(b.device()), b"zero").unwrap();
+    let deadline = std::time::Instant::now() + WAIT;
+    let delivered = loop {
+        assert!(std::time::Instant::now() < deadline, "nothing read");
+        match b.next_event(Duration::ZERO).unwrap() {
+            Some(Event::Delivered(d)) => break d,
+            Some(_) => {}
+            None => std::thread::sleep(Duration::from_millis(1)),
+        }
+    };
+    assert_eq!((delivered.message, &delivered.body[..]), (id, &b"zero"[..]));
+    // The acknowledgement goes out on the next poll, and the sender hears of it.
+    let ack = loop {
+        assert!(std::time::Instant::now() < deadline, "no acknowledgement");
+        let _ = b.next_event(Duration::ZERO).unwrap();
+        if let Some(Event::SendAck {
+            message, status, ..
+        }) = a.next_event(Duration::from_millis(5)).unwrap()
+        {
+            break (message, status);
+        }
+    };
+    // Right after a connect an envelope may go through storage first (`Stored`).
+    assert_eq!(ack.0, id);
+    assert!(
+        matches!(ack.1, SendStatus::Delivered | SendStatus::Stored),
+        "{ack:?}"
+    );
+    server.shutdown();
+}
