@@ -162,7 +162,7 @@ fn tampered_replayed_misdirected_and_impersonated_messages_are_refused() {
     let key = mallory.prepare(CONV + 1, &[dev(2)]).unwrap().unwrap();
     bob.receive_room_key(dev(5), &key.payload).unwrap();
     let moved = mallory.encrypt(CONV + 1, b"x").unwrap();
-    let mut relabelled = moved.clone();
+    let mut relabelled = moved;
     relabelled[1..9].copy_from_slice(&CONV.to_be_bytes());
     assert_eq!(
         bob.decrypt(dev(5), CONV, &relabelled, ""),

@@ -60,6 +60,9 @@ pub(crate) fn inner_text(text: &str) -> Vec<u8> {
     inner
 }
 
+/// Olm bodies per device, and the devices that could not be written to.
+pub(crate) type Sealed = (Vec<(DeviceId, Vec<u8>)>, Vec<DeviceId>);
+
 /// Claims keys for those of `devices` without an Olm session (consuming one one-time key
 /// each); devices with no published keys are absent from the map.
 pub(crate) fn claim(
@@ -102,7 +105,7 @@ pub(crate) fn seal_claimed(
     devices: &[DeviceId],
     claimed: &BTreeMap<DeviceId, ClaimedKeys>,
     inner: &[u8],
-) -> Result<(Vec<(DeviceId, Vec<u8>)>, Vec<DeviceId>)> {
+) -> Result<Sealed> {
     let mut bodies = Vec::with_capacity(devices.len());
     let mut missing = Vec::new();
     for device in devices {
@@ -124,7 +127,7 @@ pub(crate) fn seal_each(
     e2e: &mut E2e,
     devices: &[DeviceId],
     inner: &[u8],
-) -> Result<(Vec<(DeviceId, Vec<u8>)>, Vec<DeviceId>)> {
+) -> Result<Sealed> {
     let claimed = claim(ctx, e2e, devices)?;
     seal_claimed(e2e, devices, &claimed, inner)
 }

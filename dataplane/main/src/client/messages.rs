@@ -267,8 +267,10 @@ pub(crate) fn send_group(ctx: &Ctx, group: u64, text: &str, out: Out) -> Result<
     });
     if result.is_err() && !key_bodies.is_empty() {
         // The members may not have the new session's key: start another next time.
-        ctx.profile
-            .with_e2e(|e2e| Ok(e2e.groups().discard_outbound(group)))?;
+        ctx.profile.with_e2e(|e2e| {
+            e2e.groups().discard_outbound(group);
+            Ok(())
+        })?;
     }
     result?;
     if !missing.is_empty() {
