@@ -352,4 +352,34 @@ mod tests {
         assert_eq!(mode & 0o777, 0o600);
         std::fs::remove_dir_all(&dir).unwrap();
     }
+
+    #[test]
+    fn the_e2e_state_is_kept_private_and_survives_between_commands() {
+        let dir = std::env::temp_dir().join(format!("commucat-profile-e2e-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let profile = Profile::new(dir.clone());
+        profile.create_dir().unwrap();
+        let first = profile.with_e2e(|e2e| Ok(e2e.identity())).unwrap();
+        let again = profile.with_e2e(|e2e| Ok(e2e.identity())).unwrap();
+        assert_eq!(first, again, "the same identity on the next load");
+        for name in ["e2e.key", "e2e.pickle"] {
+            let meta = std::fs::metadata(dir.join(name)).unwrap();
+            assert_eq!(meta.permissions().mode() & 0o777, 0o600, "{name}");
+        }
+        assert_eq!(std::fs::read(dir.join("e2e.key")).unwrap().len(), 32);
+        // A failing change is still saved (a ratchet step must never be lost) and reported.
+        let failed: Result<()> = profile.with_e2e(|e2e| {
+            e2e.groups().prepare(9, &[DeviceId([1; 16])]).unwrap();
+            bail!("later failure")
+        });
+        assert!(failed.is_err());
+        let kept = profile
+            .with_e2e(|e2e| Ok(e2e.groups().outbound_session_id(9)))
+            .unwrap();
+        assert!(kept.is_some());
+        // A pickle that does not match the key is an error, not a new identity.
+        std::fs::write(dir.join("e2e.key"), [0u8; 32]).unwrap();
+        assert!(profile.with_e2e(|_| Ok(())).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
