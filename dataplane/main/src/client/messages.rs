@@ -445,6 +445,16 @@ pub(crate) fn listen(ctx: &Ctx, count: Option<u64>, timeout: Option<u64>, out: O
         }
     }
     client.flush();
+    let waiting = ctx
+        .profile
+        .with_e2e(|e2e| Ok(e2e.groups().pending()))
+        .unwrap_or(0);
+    if waiting > 0 {
+        eprintln!(
+            "{waiting} group message(s) still wait for their key from the sender; they are shown \
+             by a later listen once it arrives"
+        );
+    }
     if !out.json {
         eprintln!("{shown} message(s)");
     }
