@@ -335,6 +335,25 @@ impl E2e {
         }
     }
 
+    /// `one_time` (at most [`ONE_TIME_KEYS_PER_PUBLISH_MAX`]) new signed one-time keys, marked
+    /// published, *without* a new fallback key: to top the server's pool up, sent with the
+    /// fallback key of the last [`E2e::keys_to_publish`] (publishing keeps the previous
+    /// fallback key usable only one rotation back, so topping up should not rotate it).
+    pub fn one_time_keys_to_publish(&mut self, one_time: usize) -> Vec<SignedKey> {
+        let _ = self
+            .account
+            .generate_one_time_keys(one_time.min(ONE_TIME_KEYS_PER_PUBLISH_MAX));
+        let mut keys: Vec<_> = self.account.one_time_keys().into_iter().collect();
+        keys.sort_by_key(|(id, _)| *id);
+        keys.truncate(ONE_TIME_KEYS_PER_PUBLISH_MAX);
+        let signed = keys
+            .into_iter()
+            .map(|(id, key)| self.sign(id.to_base64(), &key))
+            .collect();
+        self.account.mark_keys_as_published();
+        signed
+    }
+
     /// The Megolm group state ([`group`]): outbound and inbound group sessions.
     pub fn groups(&mut self) -> &mut Groups {
         &mut self.groups

@@ -19,7 +19,9 @@ use super::session::Ctx;
 use anyhow::{Result, anyhow, bail};
 use commucat_client::DeviceId;
 use commucat_client::e2e::group::{Decrypted, TAG_GROUP, TAG_ROOM_KEY};
-use commucat_client::e2e::{BODY_VERSION, ClaimedKeys, E2e, ONE_TIME_KEYS_PER_PUBLISH_MAX};
+use commucat_client::e2e::{
+    BODY_VERSION, ClaimedKeys, E2e, ONE_TIME_KEYS_PER_PUBLISH_MAX, PublishKeys,
+};
 use std::collections::BTreeMap;
 
 /// The tag of a body in the clear: UTF-8 text follows.
@@ -32,22 +34,27 @@ pub(crate) const ONE_TIME_KEYS_LOW: u64 = 20;
 const CLAIM_BATCH_MAX: usize = 64;
 
 /// Publishes this device's identity, a fresh fallback key and `one_time` one-time keys;
-/// returns how many one-time keys the server holds now.
-pub(crate) fn publish(ctx: &Ctx, one_time: usize) -> Result<u64> {
+/// returns the publication and how many one-time keys the server holds now.
+pub(crate) fn publish(ctx: &Ctx, one_time: usize) -> Result<(PublishKeys, u64)> {
     let keys = ctx
         .profile
         .with_e2e(|e2e| Ok(e2e.keys_to_publish(one_time)))?;
     let answer = ctx.api(|api| api.publish_keys(&keys))?;
-    Ok(answer.one_time_keys)
+    Ok((keys, answer.one_time_keys))
 }
 
-/// Publishes keys, topping the server's one-time keys up when few are left.
+/// Publishes keys (one fallback rotation), then tops the server's one-time keys up to
+/// [`ONE_TIME_KEYS_PER_PUBLISH_MAX`] when fewer than [`ONE_TIME_KEYS_LOW`] are left, keeping
+/// the fallback key just published.
 pub(crate) fn top_up(ctx: &Ctx) -> Result<()> {
-    let held = publish(ctx, 0)?;
+    let (mut keys, held) = publish(ctx, 0)?;
     if held < ONE_TIME_KEYS_LOW {
-        let wanted = usize::try_from(ONE_TIME_KEYS_PER_PUBLISH_MAX as u64 - held.min(50))
-            .unwrap_or(ONE_TIME_KEYS_PER_PUBLISH_MAX);
-        publish(ctx, wanted)?;
+        let wanted = ONE_TIME_KEYS_PER_PUBLISH_MAX
+            .saturating_sub(usize::try_from(held).unwrap_or(ONE_TIME_KEYS_PER_PUBLISH_MAX));
+        keys.one_time_keys = ctx
+            .profile
+            .with_e2e(|e2e| Ok(e2e.one_time_keys_to_publish(wanted)))?;
+        ctx.api(|api| api.publish_keys(&keys))?;
     }
     Ok(())
 }
