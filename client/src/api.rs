@@ -448,6 +448,37 @@ impl Api {
             .map(drop)
     }
 
+    /// `PUT /v1/devices/me/keys`: publishes this device's end-to-end keys
+    /// ([`crate::e2e::E2e::keys_to_publish`]); the answer says how many one-time keys the
+    /// server holds for it now.
+    ///
+    /// # Errors
+    ///
+    /// As [`Api::me`].
+    pub fn publish_keys(
+        &self,
+        keys: &crate::e2e::PublishKeys,
+    ) -> Result<crate::e2e::PublishResponse, ApiError> {
+        let body = serde_json::to_string(keys).map_err(|e| ApiError::Malformed(e.to_string()))?;
+        self.json("PUT", "/devices/me/keys", Some(&body))
+    }
+
+    /// `POST /v1/keys/claim`: one-time keys of devices the caller may message (at most 64
+    /// devices; the others are absent from the answer).
+    ///
+    /// # Errors
+    ///
+    /// As [`Api::me`].
+    pub fn claim_keys(
+        &self,
+        devices: &[dp_core::DeviceId],
+    ) -> Result<crate::e2e::ClaimResponse, ApiError> {
+        let request = crate::e2e::ClaimRequest::new(devices);
+        let body =
+            serde_json::to_string(&request).map_err(|e| ApiError::Malformed(e.to_string()))?;
+        self.json("POST", "/keys/claim", Some(&body))
+    }
+
     fn json<T: DeserializeOwned>(
         &self,
         method: &str,

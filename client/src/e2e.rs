@@ -38,12 +38,14 @@
 //! Randomness comes from the operating system (vodozemac draws its own; pickles use
 //! `getrandom`); this module reads no clock and does no I/O.
 
+pub mod group;
 #[cfg(test)]
 mod tests;
 
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use dp_core::DeviceId;
+use group::{Groups, GroupsPickle};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -243,6 +245,8 @@ pub struct E2e {
     peers: BTreeMap<DeviceId, Peer>,
     /// A logical clock for least-recently-used eviction (not time).
     tick: u64,
+    /// Megolm group sessions ([`group`]), pickled with the rest.
+    groups: Groups,
 }
 
 impl fmt::Debug for E2e {
@@ -275,6 +279,7 @@ impl E2e {
             account: Account::new(),
             peers: BTreeMap::new(),
             tick: 0,
+            groups: Groups::new(),
         }
     }
 
@@ -328,6 +333,30 @@ impl E2e {
             }),
             one_time_keys,
         }
+    }
+
+    /// `one_time` (at most [`ONE_TIME_KEYS_PER_PUBLISH_MAX`]) new signed one-time keys, marked
+    /// published, *without* a new fallback key: to top the server's pool up, sent with the
+    /// fallback key of the last [`E2e::keys_to_publish`] (publishing keeps the previous
+    /// fallback key usable only one rotation back, so topping up should not rotate it).
+    pub fn one_time_keys_to_publish(&mut self, one_time: usize) -> Vec<SignedKey> {
+        let _ = self
+            .account
+            .generate_one_time_keys(one_time.min(ONE_TIME_KEYS_PER_PUBLISH_MAX));
+        let mut keys: Vec<_> = self.account.one_time_keys().into_iter().collect();
+        keys.sort_by_key(|(id, _)| *id);
+        keys.truncate(ONE_TIME_KEYS_PER_PUBLISH_MAX);
+        let signed = keys
+            .into_iter()
+            .map(|(id, key)| self.sign(id.to_base64(), &key))
+            .collect();
+        self.account.mark_keys_as_published();
+        signed
+    }
+
+    /// The Megolm group state ([`group`]): outbound and inbound group sessions.
+    pub fn groups(&mut self) -> &mut Groups {
+        &mut self.groups
     }
 
     /// Whether an Olm session with `device` exists (then [`E2e::seal`] needs no claimed keys).
@@ -526,6 +555,7 @@ impl E2e {
                 })
                 .collect(),
             tick: self.tick,
+            groups: self.groups.to_pickle(),
         };
         let json = Zeroizing::new(serde_json::to_vec(&state).map_err(|_| E2eError::Pickle)?);
         let mut nonce = [0u8; PICKLE_NONCE_LEN];
@@ -602,6 +632,7 @@ impl E2e {
             account: Account::from_pickle(state.account),
             peers,
             tick: state.tick,
+            groups: Groups::from_pickle(state.groups).ok_or(E2eError::Pickle)?,
         })
     }
 }
@@ -645,4 +676,6 @@ struct PickledState {
     account: AccountPickle,
     peers: Vec<PickledPeer>,
     tick: u64,
+    #[serde(default)]
+    groups: GroupsPickle,
 }

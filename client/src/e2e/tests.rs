@@ -381,3 +381,37 @@ proptest! {
         prop_assert_eq!(bob.open(ALICE, &real).unwrap(), b"real".to_vec());
     }
 }
+
+/// Goal: topping up one-time keys adds new keys and keeps the fallback key. Method: Bob
+/// publishes, then tops up; Alice starts a session on a topped-up key and Bob opens it; the
+/// fallback published before the top-up still starts sessions.
+#[test]
+fn topped_up_one_time_keys_start_sessions_and_keep_the_fallback() {
+    let (mut alice, mut bob, keys) = pair();
+    let more = bob.one_time_keys_to_publish(3);
+    assert_eq!(more.len(), 3);
+    let before: Vec<&str> = keys
+        .one_time_keys
+        .iter()
+        .map(|k| k.key_id.as_str())
+        .collect();
+    assert!(more.iter().all(|k| !before.contains(&k.key_id.as_str())));
+    let topped = PublishKeys {
+        identity: keys.identity.clone(),
+        fallback_key: keys.fallback_key.clone(),
+        one_time_keys: more,
+    };
+    let body = alice
+        .seal(BOB, Some(&claimed(BOB, &topped, 0)), b"on a new key")
+        .unwrap();
+    assert_eq!(bob.open(ALICE, &body).unwrap(), b"on a new key");
+    let mut carol = E2e::new();
+    let on_fallback = ClaimedKeys {
+        device_id: hex::encode(BOB.0),
+        identity: keys.identity.clone(),
+        one_time_key: keys.fallback_key.clone(),
+        fallback: true,
+    };
+    let body = carol.seal(BOB, Some(&on_fallback), b"fallback").unwrap();
+    assert_eq!(bob.open(CAROL, &body).unwrap(), b"fallback");
+}

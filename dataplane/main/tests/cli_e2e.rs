@@ -67,6 +67,28 @@ fn texts(messages: &[Value]) -> BTreeSet<String> {
         .collect()
 }
 
+/// Every file of the server's SQLite store (the database and its journal or write-ahead log).
+fn store_bytes(data: &Path) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    for entry in std::fs::read_dir(data).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().to_string();
+        if name.starts_with("commucat.sqlite3") {
+            bytes.extend(std::fs::read(&path).unwrap());
+        }
+    }
+    assert!(
+        !bytes.is_empty(),
+        "no commucat.sqlite3 in {}",
+        data.display()
+    );
+    bytes
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
 #[test]
 fn two_users_pair_befriend_chat_and_an_offline_device_gets_its_backlog_once() {
     let dir = std::env::temp_dir().join(format!("commucat-cli-e2e-{}", std::process::id()));
@@ -147,6 +169,16 @@ fn two_users_pair_befriend_chat_and_an_offline_device_gets_its_backlog_once() {
 
     // alice2 has been offline all along; one more while it is away.
     ok(&bob, &["send", "alice", "while you were away"]);
+    // Its backlog is stored encrypted: no stored byte holds the text, while the store does
+    // hold what it should read (the handles).
+    let store = store_bytes(&dir.join("data"));
+    assert!(contains(&store, b"alice"), "the store files were read");
+    for text in ["hi bob", "hi alice", "while you were away"] {
+        assert!(
+            !contains(&store, text.as_bytes()),
+            "{text:?} stored in the clear"
+        );
+    }
     let backlog = ok(&alice2, &["listen", "--count", "3", "--timeout", "20"]);
     assert_eq!(
         texts(&backlog),
@@ -158,6 +190,10 @@ fn two_users_pair_befriend_chat_and_an_offline_device_gets_its_backlog_once() {
         "{backlog:?}"
     );
     assert_eq!(backlog.len(), 3, "each message once: {backlog:?}");
+    assert!(
+        backlog.iter().all(|m| m["encrypted"] == true),
+        "{backlog:?}"
+    );
     let again = ok(&alice2, &["listen", "--timeout", "2"]);
     assert!(
         again.is_empty(),
@@ -223,6 +259,80 @@ fn two_users_pair_befriend_chat_and_an_offline_device_gets_its_backlog_once() {
             .count(),
         1
     );
+
+    drop(server);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_group_message_is_encrypted_once_and_every_member_device_reads_it() {
+    let dir = std::env::temp_dir().join(format!("commucat-cli-group-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let server = common::serve(&dir.join("data"), &[]);
+    let names = ["ann", "ben", "cat"];
+    let profiles: Vec<PathBuf> = names.iter().map(|n| dir.join(n)).collect();
+    for (p, name) in profiles.iter().zip(names) {
+        let mut args: Vec<&str> = server.invite.iter().map(String::as_str).collect();
+        args.extend(["--device-name", name]);
+        ok(p, &args);
+        ok(p, &["register", name]);
+    }
+    // A second device for cat: every member *device* must read the group message.
+    let cat2 = dir.join("cat2");
+    let mut args: Vec<&str> = server.invite.iter().map(String::as_str).collect();
+    args.extend(["--device-name", "cat2"]);
+    ok(&cat2, &args);
+    let code = ok(&profiles[2], &["pair", "create"])[0]["code"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    ok(&cat2, &["pair", "claim", &code]);
+    // Everyone befriends everyone (the key directory shows friends' devices).
+    for (i, a) in names.iter().enumerate() {
+        for (j, b) in names.iter().enumerate().skip(i + 1) {
+            ok(&profiles[i], &["friends", "add", b]);
+            ok(&profiles[j], &["friends", "accept", a]);
+        }
+    }
+    let group = ok(&profiles[0], &["groups", "create", "pets"])[0]["id"]
+        .as_u64()
+        .unwrap();
+    let id = group.to_string();
+    ok(&profiles[0], &["groups", "add", &id, "ben"]);
+    ok(&profiles[0], &["groups", "add", &id, "cat"]);
+
+    let sent = ok(&profiles[0], &["send", "--group", &id, "purr to all"]);
+    let sent: Vec<&Value> = sent.iter().filter(|v| v["type"] == "sent").collect();
+    assert_eq!(sent.len(), 1, "one conversation send: {sent:?}");
+    assert_eq!(sent[0]["group"], group);
+    assert_eq!(sent[0]["devices"], 3, "ben, cat and cat2");
+    let store = store_bytes(&dir.join("data"));
+    assert!(!contains(&store, b"purr to all"), "stored in the clear");
+
+    for reader in [&profiles[1], &profiles[2], &cat2] {
+        let got = ok(reader, &["listen", "--count", "1", "--timeout", "20"]);
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert_eq!(got[0]["text"], "purr to all", "{got:?}");
+        assert_eq!(got[0]["conversation"], group);
+        assert_eq!(got[0]["from"], "ann");
+        assert_eq!(got[0]["encrypted"], true);
+    }
+
+    // A second message reuses the session (no new key); ben answers with his own session.
+    ok(&profiles[0], &["send", "--group", &id, "second"]);
+    ok(&profiles[1], &["send", "--group", &id, "from ben"]);
+    let got = ok(&cat2, &["listen", "--count", "2", "--timeout", "20"]);
+    assert_eq!(
+        texts(&got),
+        BTreeSet::from(["second".to_string(), "from ben".to_string()]),
+        "{got:?}"
+    );
+
+    // ben leaves: the next message goes under a new key that only the remaining devices get.
+    ok(&profiles[0], &["groups", "remove", &id, "ben"]);
+    ok(&profiles[0], &["send", "--group", &id, "after ben"]);
+    let got = ok(&profiles[2], &["listen", "--count", "3", "--timeout", "20"]);
+    assert!(texts(&got).contains("after ben"), "{got:?}");
 
     drop(server);
     std::fs::remove_dir_all(&dir).unwrap();

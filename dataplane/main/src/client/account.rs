@@ -3,7 +3,7 @@
 use super::profile::{Profile, Settings};
 use super::session::{Ctx, op_error, reason};
 use super::{FriendsCommand, GroupsCommand, Out};
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use commucat_client::ErrorCode;
 use serde_json::json;
 
@@ -91,6 +91,8 @@ pub(crate) fn register(mut ctx: Ctx, handle: &str, out: Out) -> Result<()> {
     ctx.profile.save_settings(&ctx.settings)?;
     ctx.issue_token(&mut client)?;
     let _ = client.flush();
+    super::content::publish(&ctx, commucat_client::e2e::ONE_TIME_KEYS_PER_PUBLISH_MAX)
+        .context("registered, but cannot publish end-to-end keys: run `commucat client listen`")?;
     let device = hex::encode(client.device().0);
     out.emit(
         &json!({ "handle": handle, "user": user.0, "device": device }),
@@ -143,6 +145,8 @@ pub(crate) fn pair_claim(mut ctx: Ctx, code: &str, out: Out) -> Result<()> {
         .map_err(|e| anyhow::anyhow!("paired, but cannot read the account: {e}"))?;
     ctx.settings.handle = Some(me.handle.clone());
     ctx.profile.save_settings(&ctx.settings)?;
+    super::content::publish(&ctx, commucat_client::e2e::ONE_TIME_KEYS_PER_PUBLISH_MAX)
+        .context("paired, but cannot publish end-to-end keys: run `commucat client listen`")?;
     out.emit(
         &json!({ "handle": me.handle, "device": me.device_id }),
         || {

@@ -2,7 +2,7 @@
 #![allow(clippy::disallowed_methods)] // chat reads stdin on its own thread; listen reads the clock
 
 use super::Out;
-use super::content::{Plaintext, Sealer};
+use super::content;
 use super::profile::{Received, parse_device_id};
 use super::session::Ctx;
 use anyhow::{Context, Result, anyhow, bail};
@@ -66,14 +66,18 @@ fn status_name(status: SendStatus) -> &'static str {
 
 pub(crate) fn send(ctx: &Ctx, handle: &str, text: &str, out: Out) -> Result<()> {
     let devices = targets(ctx, handle)?;
+    let inner = content::inner_text(text);
+    let (bodies, missing) = ctx
+        .profile
+        .with_e2e(|e2e| content::seal_each(ctx, e2e, &devices, &inner))?;
+    if bodies.is_empty() {
+        bail!("{}", content::missing_keys(&missing, handle));
+    }
     let mut client = ctx.connect()?;
-    let mut sealer = Plaintext;
     let mut waiting: BTreeMap<MessageId, DeviceId> = BTreeMap::new();
-    for device in &devices {
-        let recipient = Recipient::Device(*device);
-        let body = sealer.seal(recipient, text)?;
+    for (device, body) in &bodies {
         let id = client
-            .send(recipient, &body)
+            .send(Recipient::Device(*device), body)
             .map_err(|e| anyhow!("the connection failed while sending: {e}: try again"))?;
         waiting.insert(id, *device);
     }
@@ -95,11 +99,14 @@ pub(crate) fn send(ctx: &Ctx, handle: &str, text: &str, out: Out) -> Result<()> 
     if !out.json {
         let summary: Vec<String> = counts.iter().map(|(k, v)| format!("{v} {k}")).collect();
         println!(
-            "sent to {handle} ({} device{}: {})",
-            devices.len(),
-            if devices.len() == 1 { "" } else { "s" },
+            "sent to {handle}, end-to-end encrypted ({} device{}: {})",
+            bodies.len(),
+            if bodies.len() == 1 { "" } else { "s" },
             summary.join(", ")
         );
+    }
+    if !missing.is_empty() {
+        bail!("{}", content::missing_keys(&missing, handle));
     }
     Ok(())
 }
@@ -158,28 +165,118 @@ fn refusal(code: ErrorCode, group: Option<u64>) -> String {
     }
 }
 
+/// The live devices of `group`'s members, other than this one, and the members whose devices
+/// cannot be looked up (not friends: the key directory shows friends' devices only).
+fn member_devices(ctx: &Ctx, group: u64) -> Result<(Vec<DeviceId>, Vec<String>)> {
+    let own = ctx.handle()?.to_string();
+    let this = dp_noise::device_id(ctx.profile.key()?.public());
+    let detail = ctx.api(|api| api.conversation(group))?;
+    let mut devices = Vec::new();
+    let mut unreachable = Vec::new();
+    for member in &detail.members {
+        let listed = if member.handle == own {
+            ctx.api(|api| api.devices())
+        } else {
+            ctx.api(|api| api.user_devices(&member.handle))
+        };
+        match listed {
+            Ok(listed) => devices.extend(
+                listed
+                    .iter()
+                    .filter(|d| d.revoked_at_ms.is_none())
+                    .filter_map(|d| parse_device_id(&d.id))
+                    .filter(|d| *d != this),
+            ),
+            Err(_) => unreachable.push(member.handle.clone()),
+        }
+    }
+    devices.sort_unstable();
+    devices.dedup();
+    Ok((devices, unreachable))
+}
+
 pub(crate) fn send_group(ctx: &Ctx, group: u64, text: &str, out: Out) -> Result<()> {
-    ctx.handle()?;
+    let (devices, unreachable) = member_devices(ctx, group)?;
+    for handle in &unreachable {
+        eprintln!(
+            "warning: {handle} is a member of group {group} but not your friend: their devices \
+             cannot be looked up, so they cannot read this message (become friends to fix it)"
+        );
+    }
+    let inner = content::inner_text(text);
+    // Share a new group session with the devices that can receive it, then encrypt once.
+    let (key_bodies, missing, body) = ctx.profile.with_e2e(|e2e| {
+        let claimed = content::claim(ctx, e2e, &devices)?;
+        // Devices without published keys cannot get the room key: leave them out of the
+        // session, so that it is rotated and shared again once they publish.
+        let (reachable, no_keys): (Vec<DeviceId>, Vec<DeviceId>) = devices
+            .iter()
+            .partition(|d| content::reachable(e2e, &claimed, **d));
+        let room_key = e2e
+            .groups()
+            .prepare(group, &reachable)
+            .map_err(|e| anyhow!("{e}"))?;
+        let (key_bodies, missing) = match room_key {
+            Some(key) => content::seal_claimed(e2e, &key.devices, &claimed, &key.payload)?,
+            None => (Vec::new(), Vec::new()),
+        };
+        let body = e2e
+            .groups()
+            .encrypt(group, &inner)
+            .map_err(|e| anyhow!("{e}"))?;
+        let mut all_missing = no_keys;
+        all_missing.extend(missing);
+        Ok((key_bodies, all_missing, body))
+    })?;
     let mut client = ctx.connect()?;
-    let recipient = Recipient::Conversation(ConversationId(group));
-    let body = Plaintext.seal(recipient, text)?;
-    let id = client
-        .send(recipient, &body)
-        .map_err(|e| anyhow!("the connection failed while sending: {e}: try again"))?;
-    let mut waiting = BTreeMap::from([(id, DeviceId::default())]);
-    wait_acks(
-        ctx,
-        &mut client,
-        &mut waiting,
-        Some(group),
-        |id, _, status| {
-            out.emit(
-                &json!({ "type": "sent", "group": group, "id": hex::encode(id.0),
-                     "status": status_name(status) }),
-                || format!("sent to group {group} ({})", status_name(status)),
-            );
-        },
-    )
+    let mut waiting: BTreeMap<MessageId, DeviceId> = BTreeMap::new();
+    let sent = (|| -> Result<MessageId> {
+        for (device, key_body) in &key_bodies {
+            let id = client
+                .send(Recipient::Device(*device), key_body)
+                .map_err(|e| anyhow!("the connection failed while sending: {e}: try again"))?;
+            waiting.insert(id, *device);
+        }
+        let id = client
+            .send(Recipient::Conversation(ConversationId(group)), &body)
+            .map_err(|e| anyhow!("the connection failed while sending: {e}: try again"))?;
+        waiting.insert(id, DeviceId::default());
+        Ok(id)
+    })();
+    let result = sent.and_then(|group_id| {
+        wait_acks(
+            ctx,
+            &mut client,
+            &mut waiting,
+            Some(group),
+            |id, _, status| {
+                if id == group_id {
+                    out.emit(
+                        &json!({ "type": "sent", "group": group, "id": hex::encode(id.0),
+                             "status": status_name(status), "devices": devices.len() }),
+                        || {
+                            format!(
+                                "sent to group {group}, end-to-end encrypted ({})",
+                                status_name(status)
+                            )
+                        },
+                    );
+                }
+            },
+        )
+    });
+    if result.is_err() && !key_bodies.is_empty() {
+        // The members may not have the new session's key: start another next time.
+        ctx.profile.with_e2e(|e2e| {
+            e2e.groups().discard_outbound(group);
+            Ok(())
+        })?;
+    }
+    result?;
+    if !missing.is_empty() {
+        eprintln!("warning: {}", content::missing_keys(&missing, "a member"));
+    }
+    Ok(())
 }
 
 /// Device ids to handles, for showing who wrote.
@@ -239,12 +336,22 @@ fn clock_time(ms: u64) -> String {
     )
 }
 
-/// Prints one received message.
-fn show(ctx: &Ctx, directory: &mut Directory, received: &Received, out: Out) {
+/// Opens one received message and prints what it holds (a room key shows nothing; it may
+/// release group messages that waited for it). Returns how many messages were shown.
+fn show(ctx: &Ctx, directory: &mut Directory, received: Received, out: Out) -> u64 {
+    let mut shown = 0;
+    for opened in content::open(ctx, received) {
+        print_message(ctx, directory, &opened, out);
+        shown += 1;
+    }
+    shown
+}
+
+/// Prints one message: its text, or why it is unreadable.
+fn print_message(ctx: &Ctx, directory: &mut Directory, opened: &content::Opened, out: Out) {
+    let received = &opened.received;
     let device = parse_device_id(&received.device).unwrap_or_default();
     let from = directory.handle(ctx, device);
-    let body = hex::decode(&received.body).unwrap_or_default();
-    let opened = Plaintext.open(device, &body);
     let mut value = json!({
         "type": "message",
         "id": received.id,
@@ -253,10 +360,11 @@ fn show(ctx: &Ctx, directory: &mut Directory, received: &Received, out: Out) {
         "conversation": received.conversation,
         "seq": received.seq,
         "sent_at_ms": received.sent_at_ms,
+        "encrypted": opened.encrypted,
     });
-    match &opened {
+    match &opened.text {
         Ok(text) => value["text"] = json!(text),
-        Err(error) => value["error"] = json!(error.to_string()),
+        Err(error) => value["error"] = json!(format!("unreadable ({error:#})")),
     }
     out.emit(&value, || {
         let who = from.clone().unwrap_or_else(|| "unknown".to_string());
@@ -266,13 +374,18 @@ fn show(ctx: &Ctx, directory: &mut Directory, received: &Received, out: Out) {
         } else {
             format!(" in group {}", received.conversation)
         };
-        match &opened {
+        let clear = if opened.encrypted {
+            ""
+        } else {
+            " [unencrypted]"
+        };
+        match &opened.text {
             Ok(text) => format!(
-                "[{}] {who} ({short}){place}: {text}",
+                "[{}] {who} ({short}){place}{clear}: {text}",
                 clock_time(received.sent_at_ms)
             ),
             Err(error) => format!(
-                "[{}] {who} ({short}){place}: <unreadable: {error:#}>",
+                "[{}] {who} ({short}){place}: <unreadable ({error:#})>",
                 clock_time(received.sent_at_ms)
             ),
         }
@@ -301,9 +414,11 @@ pub(crate) fn listen(ctx: &Ctx, count: Option<u64>, timeout: Option<u64>, out: O
     let deadline = timeout.map(|secs| Instant::now() + Duration::from_secs(secs));
     let mut directory = Directory::new();
     let mut shown = 0u64;
+    if let Err(error) = content::top_up(ctx) {
+        eprintln!("warning: cannot publish end-to-end keys ({error:#}); new senders may fail");
+    }
     for kept in ctx.profile.inbox() {
-        show(ctx, &mut directory, &kept, out);
-        shown += 1;
+        shown += show(ctx, &mut directory, kept, out);
     }
     ctx.profile.clear_inbox()?;
     let mut client = ctx.connect_reconnecting()?;
@@ -322,8 +437,7 @@ pub(crate) fn listen(ctx: &Ctx, count: Option<u64>, timeout: Option<u64>, out: O
             Some(ReconnectEvent::Event(Event::Delivered(delivery))) => {
                 let message = Received::from(&delivery);
                 ctx.profile.mark_seen(delivery.message)?;
-                show(ctx, &mut directory, &message, out);
-                shown += 1;
+                shown += show(ctx, &mut directory, message, out);
             }
             Some(other) => report(&other),
             None if reached || deadline.is_some_and(|d| Instant::now() >= d) => break,
@@ -331,6 +445,16 @@ pub(crate) fn listen(ctx: &Ctx, count: Option<u64>, timeout: Option<u64>, out: O
         }
     }
     client.flush();
+    let waiting = ctx
+        .profile
+        .with_e2e(|e2e| Ok(e2e.groups().pending()))
+        .unwrap_or(0);
+    if waiting > 0 {
+        eprintln!(
+            "{waiting} group message(s) still wait for their key from the sender; they are shown \
+             by a later listen once it arrives"
+        );
+    }
     if !out.json {
         eprintln!("{shown} message(s)");
     }
@@ -356,13 +480,12 @@ pub(crate) fn chat(ctx: &Ctx, handle: &str, out: Out) -> Result<()> {
     if !out.json {
         eprintln!("chatting with {handle}; type a line and Enter to send, Ctrl-D to end");
     }
-    let mut sealer = Plaintext;
     let mut ended_at: Option<Instant> = None;
     loop {
         match client.next_event(POLL_INTERVAL)? {
             Some(ReconnectEvent::Event(Event::Delivered(delivery))) => {
                 ctx.profile.mark_seen(delivery.message)?;
-                show(ctx, &mut directory, &Received::from(&delivery), out);
+                show(ctx, &mut directory, Received::from(&delivery), out);
             }
             Some(other) => report(&other),
             None => {}
@@ -371,11 +494,16 @@ pub(crate) fn chat(ctx: &Ctx, handle: &str, out: Out) -> Result<()> {
             match lines_rx.try_recv() {
                 Ok(line) if line.trim().is_empty() => {}
                 Ok(line) => {
-                    for device in &devices {
-                        let recipient = Recipient::Device(*device);
-                        let body = sealer.seal(recipient, &line)?;
+                    let inner = content::inner_text(&line);
+                    let (bodies, missing) = ctx
+                        .profile
+                        .with_e2e(|e2e| content::seal_each(ctx, e2e, &devices, &inner))?;
+                    if !missing.is_empty() {
+                        eprintln!("{}", content::missing_keys(&missing, handle));
+                    }
+                    for (device, body) in &bodies {
                         let id = client
-                            .send(recipient, &body)
+                            .send(Recipient::Device(*device), body)
                             .map_err(|e| anyhow!("cannot send: {e}"))?;
                         if out.json {
                             out.emit(

@@ -7,13 +7,18 @@
 //!   token             the REST token (mode 0600), fetched over the Noise session
 //!   seen              ids of messages already shown, one hex id a line (last SEEN_MAX)
 //!   inbox.jsonl       messages received by a command other than listen/chat, not shown yet
+//!   e2e.key           32 random bytes (mode 0600): the key e2e.pickle is encrypted under
+//!   e2e.pickle        the end-to-end state (mode 0600): Olm account and sessions, Megolm
+//!                     sessions, group messages waiting for their key (XChaCha20-Poly1305)
+//!   e2e.lock          held while a command reads and writes e2e.pickle
 //! ```
 
 use anyhow::{Context, Result, bail};
+use commucat_client::e2e::E2e;
 use commucat_client::{Dedup, Delivery, DeviceId, MessageId, OsRng, StaticKeypair, keyfile};
 use serde::{Deserialize, Serialize};
 use std::fs::OpenOptions;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -207,6 +212,76 @@ impl Profile {
     }
 }
 
+impl Profile {
+    /// The key `e2e.pickle` is encrypted under, created (32 random bytes, mode 0600) on first
+    /// use.
+    fn e2e_key(&self) -> Result<zeroize::Zeroizing<[u8; 32]>> {
+        let path = self.path("e2e.key");
+        let mut key = zeroize::Zeroizing::new([0u8; 32]);
+        match std::fs::File::open(&path) {
+            Ok(mut file) => {
+                let mut bytes = zeroize::Zeroizing::new(Vec::with_capacity(33));
+                Read::by_ref(&mut file)
+                    .take(33)
+                    .read_to_end(&mut bytes)
+                    .with_context(|| format!("cannot read {}", path.display()))?;
+                if bytes.len() != 32 {
+                    bail!(
+                        "{} is damaged (not 32 bytes): the end-to-end state cannot be read",
+                        path.display()
+                    );
+                }
+                key.copy_from_slice(&bytes);
+            }
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                getrandom::getrandom(key.as_mut())
+                    .map_err(|e| anyhow::anyhow!("the random source failed: {e}"))?;
+                write_private(&path, key.as_ref())?;
+            }
+            Err(error) => {
+                return Err(error).with_context(|| format!("cannot read {}", path.display()));
+            }
+        }
+        Ok(key)
+    }
+
+    /// Runs `change` on the end-to-end state and saves it (atomically, mode 0600) whatever
+    /// `change` returns, holding `e2e.lock` meanwhile so that another command of this profile
+    /// (a `send` while `listen` runs) never overwrites this one's ratchet steps. A missing
+    /// state is a new device identity.
+    pub(crate) fn with_e2e<T>(&self, change: impl FnOnce(&mut E2e) -> Result<T>) -> Result<T> {
+        let lock = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(self.path("e2e.lock"))
+            .context("cannot open the end-to-end state's lock")?;
+        lock.lock().context("cannot lock the end-to-end state")?;
+        let key = self.e2e_key()?;
+        let path = self.path("e2e.pickle");
+        let mut e2e = match std::fs::read_to_string(&path) {
+            Ok(text) => E2e::from_pickle(text.trim(), &key).map_err(|e| {
+                anyhow::anyhow!(
+                    "{} cannot be read ({e}): it does not match e2e.key; restore both files",
+                    path.display()
+                )
+            })?,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => E2e::new(),
+            Err(error) => {
+                return Err(error).with_context(|| format!("cannot read {}", path.display()));
+            }
+        };
+        let result = change(&mut e2e);
+        let pickled = e2e
+            .try_pickle(&key)
+            .map_err(|e| anyhow::anyhow!("cannot save the end-to-end state: {e}"))?;
+        write_private(&path, pickled.as_bytes())?;
+        drop(lock);
+        result
+    }
+}
+
 pub(crate) fn parse_message_id(text: &str) -> Option<MessageId> {
     let bytes: [u8; 16] = hex::decode(text.trim()).ok()?.try_into().ok()?;
     Some(MessageId(bytes))
@@ -275,6 +350,36 @@ mod tests {
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o600);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_e2e_state_is_kept_private_and_survives_between_commands() {
+        let dir = std::env::temp_dir().join(format!("commucat-profile-e2e-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let profile = Profile::new(dir.clone());
+        profile.create_dir().unwrap();
+        let first = profile.with_e2e(|e2e| Ok(e2e.identity())).unwrap();
+        let again = profile.with_e2e(|e2e| Ok(e2e.identity())).unwrap();
+        assert_eq!(first, again, "the same identity on the next load");
+        for name in ["e2e.key", "e2e.pickle"] {
+            let meta = std::fs::metadata(dir.join(name)).unwrap();
+            assert_eq!(meta.permissions().mode() & 0o777, 0o600, "{name}");
+        }
+        assert_eq!(std::fs::read(dir.join("e2e.key")).unwrap().len(), 32);
+        // A failing change is still saved (a ratchet step must never be lost) and reported.
+        let failed: Result<()> = profile.with_e2e(|e2e| {
+            e2e.groups().prepare(9, &[DeviceId([1; 16])]).unwrap();
+            bail!("later failure")
+        });
+        assert!(failed.is_err());
+        let kept = profile
+            .with_e2e(|e2e| Ok(e2e.groups().outbound_session_id(9)))
+            .unwrap();
+        assert!(kept.is_some());
+        // A pickle that does not match the key is an error, not a new identity.
+        std::fs::write(dir.join("e2e.key"), [0u8; 32]).unwrap();
+        assert!(profile.with_e2e(|_| Ok(())).is_err());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
