@@ -58,7 +58,7 @@ impl Control {
         let mut wanted = devices.to_vec();
         wanted.sort_unstable();
         wanted.dedup();
-        // Friendship per owning account, asked once per claim (bounded by the device list).
+        // Visibility per owning account, asked once per claim (bounded by the device list).
         let mut may_see: BTreeMap<UserId, bool> = BTreeMap::new();
         let mut allowed = Vec::with_capacity(wanted.len());
         for id in wanted {
@@ -71,8 +71,7 @@ impl Control {
             let visible = match may_see.get(&device.user) {
                 Some(v) => *v,
                 None => {
-                    let v = device.user == caller.user
-                        || self.store.are_friends(caller.user, device.user).await?;
+                    let v = self.may_see_devices_of(caller, device.user).await?;
                     may_see.insert(device.user, v);
                     v
                 }

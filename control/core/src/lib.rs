@@ -808,15 +808,28 @@ impl Control {
         })
     }
 
-    /// The live devices and keys of `handle`: visible only to the user itself and to accepted
-    /// friends (`NotFriends` otherwise).
+    /// Whether the caller may list `user`'s devices and claim their end-to-end keys: its own
+    /// account, a friend, or a member of a conversation the caller is in (group members message
+    /// each other's devices without being friends).
+    pub(crate) async fn may_see_devices_of(
+        &self,
+        caller: &Caller,
+        user: UserId,
+    ) -> Result<bool, ControlError> {
+        Ok(user == caller.user
+            || self.store.are_friends(caller.user, user).await?
+            || self.store.share_a_conversation(caller.user, user).await?)
+    }
+
+    /// The live devices and keys of `handle`: visible only to the user itself, to accepted
+    /// friends and to fellow conversation members (`NotFriends` otherwise).
     pub async fn user_devices(
         &self,
         caller: &Caller,
         handle: &str,
     ) -> Result<Vec<DeviceView>, ControlError> {
         let other = self.user_by_handle(handle).await?;
-        if other.id != caller.user && !self.store.are_friends(caller.user, other.id).await? {
+        if !self.may_see_devices_of(caller, other.id).await? {
             return Err(ControlError::NotFriends);
         }
         let max = usize::try_from(self.limits.devices_per_user_max)

@@ -1,5 +1,6 @@
 //! The end-to-end key directory's rules against embedded SQLite and a real PostgreSQL: keys
-//! are claimed only for devices of the caller's own account or of an accepted friend; every
+//! are claimed only for devices of the caller's own account, of an accepted friend or of a
+//! fellow conversation member; every
 //! other device is absent from the answer (no probing); a device publishes only its own keys.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -23,6 +24,7 @@ conformance!(
     attack_key_claim_without_friendship,
     claims_follow_friendship_and_revocation,
     published_keys_are_the_callers_own_and_bounded,
+    group_members_see_each_others_devices_and_keys_while_they_share_it,
 );
 
 const NOW: u64 = 1_800_000_000_000;
@@ -160,4 +162,59 @@ async fn published_keys_are_the_callers_own_and_bounded(kind: Kind) {
             .is_empty()
     );
     assert_eq!(c.publish_keys(&alice, &upload("a", 1)).await.unwrap(), 1);
+}
+
+/// Goal: members of one group message each other end to end without being friends, and lose
+/// that access when they no longer share a conversation; strangers never have it. Method: bob
+/// and carol are both alice's friends, not each other's; alice puts them in a group. Bob then
+/// lists carol's devices and claims her key; mallory cannot; after carol leaves, bob cannot.
+async fn group_members_see_each_others_devices_and_keys_while_they_share_it(kind: Kind) {
+    let (c, _db) = control(kind).await;
+    let alice = user(&c, 1, "alice").await;
+    let bob = user(&c, 2, "bob").await;
+    let carol = user(&c, 3, "carol").await;
+    let mallory = user(&c, 4, "mallory").await;
+    befriend(&c, &alice, "alice", &bob, "bob").await;
+    befriend(&c, &alice, "alice", &carol, "carol").await;
+    c.publish_keys(&carol, &upload("c", 3)).await.unwrap();
+    assert!(matches!(
+        c.user_devices(&bob, "carol").await,
+        Err(ControlError::NotFriends)
+    ));
+    assert!(
+        c.claim_keys(&bob, &[carol.device()])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let group = c.create_group(&alice, "trip").await.unwrap();
+    c.invite(&alice, group, "bob").await.unwrap();
+    c.invite(&alice, group, "carol").await.unwrap();
+    let devices = c.user_devices(&bob, "carol").await.unwrap();
+    assert_eq!(devices.len(), 1);
+    assert_eq!(
+        c.claim_keys(&bob, &[carol.device()]).await.unwrap().len(),
+        1
+    );
+    assert!(matches!(
+        c.user_devices(&mallory, "carol").await,
+        Err(ControlError::NotFriends)
+    ));
+    assert!(
+        c.claim_keys(&mallory, &[carol.device()])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    c.leave(&carol, group).await.unwrap();
+    assert!(matches!(
+        c.user_devices(&bob, "carol").await,
+        Err(ControlError::NotFriends)
+    ));
+    assert!(
+        c.claim_keys(&bob, &[carol.device()])
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }

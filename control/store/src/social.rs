@@ -1431,6 +1431,19 @@ impl Store {
         ))
     }
 
+    /// Whether `a` and `b` are members of at least one common conversation. Members of a group
+    /// message each other without being friends, so they may see each other's devices and
+    /// claim each other's end-to-end keys.
+    pub async fn share_a_conversation(&self, a: UserId, b: UserId) -> Result<bool, StoreError> {
+        in_tx!(self, read, |tx| exists(
+            tx,
+            "SELECT 1 FROM conversation_members m1
+             JOIN conversation_members m2 ON m2.conversation_id = m1.conversation_id
+             WHERE m1.user_id = $1 AND m2.user_id = $2",
+            &[Val::Int(a.0), Val::Int(b.0)]
+        ))
+    }
+
     /// Up to `max` friends of `user`, by handle.
     pub async fn friends(&self, user: UserId, max: usize) -> Result<Vec<UserSummary>, StoreError> {
         in_tx!(self, read, |tx| async move {

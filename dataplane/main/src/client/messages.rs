@@ -166,7 +166,7 @@ fn refusal(code: ErrorCode, group: Option<u64>) -> String {
 }
 
 /// The live devices of `group`'s members, other than this one, and the members whose devices
-/// cannot be looked up (not friends: the key directory shows friends' devices only).
+/// cannot be looked up (for example one who left between the two requests).
 fn member_devices(ctx: &Ctx, group: u64) -> Result<(Vec<DeviceId>, Vec<String>)> {
     let own = ctx.handle()?.to_string();
     let this = dp_noise::device_id(ctx.profile.key()?.public());
@@ -199,8 +199,8 @@ pub(crate) fn send_group(ctx: &Ctx, group: u64, text: &str, out: Out) -> Result<
     let (devices, unreachable) = member_devices(ctx, group)?;
     for handle in &unreachable {
         eprintln!(
-            "warning: {handle} is a member of group {group} but not your friend: their devices \
-             cannot be looked up, so they cannot read this message (become friends to fix it)"
+            "warning: the devices of {handle}, a member of group {group}, cannot be looked up, \
+             so they cannot read this message (check `groups show {group}` and try again)"
         );
     }
     let inner = content::inner_text(text);
