@@ -12,35 +12,13 @@ mod common;
 
 use common::Serve;
 use commucat_client::api::Api;
-use commucat_client::e2e::{ClaimRequest, ClaimResponse, E2e, PublishResponse};
+use commucat_client::e2e::E2e;
 use commucat_client::{Client, ConnectionConfig, Event, OsRng, Recipient, SendStatus, ops};
 use dp_noise::StaticKeypair;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 const SECRET: &[u8] = b"the eagle lands at midnight; bring the cat food";
-
-/// One request to the key directory over a fresh connection; returns the status and the body.
-fn http(api: SocketAddr, method: &str, path: &str, token: &str, body: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect(api).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    write!(
-        stream,
-        "{method} {path} HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {token}\r\n\
-         content-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let status = response[9..12].parse().unwrap();
-    let body = response.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
-    (status, body)
-}
 
 fn api(server: &Serve, token: &str) -> Api {
     let mut api = Api::new(&format!("http://{}/v1", server.api)).unwrap();
@@ -122,17 +100,15 @@ fn encrypted_envelope_through_a_real_server_online_and_stored() {
 
     // Bob publishes his keys; Alice claims them.
     let mut bob_e2e = E2e::new();
-    let keys = serde_json::to_string(&bob_e2e.keys_to_publish(10)).unwrap();
-    let (code, body) = http(server.api, "PUT", "/v1/devices/me/keys", &bob_token, &keys);
-    assert_eq!(code, 200, "{body}");
-    let published: PublishResponse = serde_json::from_str(&body).unwrap();
+    let published = api(&server, &bob_token)
+        .publish_keys(&bob_e2e.keys_to_publish(10))
+        .unwrap();
     assert_eq!(published.one_time_keys, 10);
     let mut alice_e2e = E2e::new();
-    let claim = serde_json::to_string(&ClaimRequest::new(&[bob_device])).unwrap();
-    let (code, body) = http(server.api, "POST", "/v1/keys/claim", &alice_token, &claim);
-    assert_eq!(code, 200, "{body}");
-    let claimed: ClaimResponse = serde_json::from_str(&body).unwrap();
-    assert_eq!(claimed.devices.len(), 1, "{body}");
+    let claimed = api(&server, &alice_token)
+        .claim_keys(&[bob_device])
+        .unwrap();
+    assert_eq!(claimed.devices.len(), 1);
     assert_eq!(claimed.devices[0].device(), Some(bob_device));
     assert!(!claimed.devices[0].fallback);
 
