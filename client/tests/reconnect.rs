@@ -10,8 +10,8 @@
 )]
 
 use commucat_client::{
-    ConnectionConfig, Event, MessageId, Recipient, ReconnectEvent, ReconnectingClient, SendStatus,
-    StaticKeypair,
+    AckMode, ConnectionConfig, Event, MessageId, Recipient, ReconnectEvent, ReconnectingClient,
+    SendStatus, StaticKeypair,
 };
 use core::time::Duration;
 use dp_core::SeededRng;
@@ -157,6 +157,83 @@ fn a_cut_connection_comes_back_and_every_message_arrives_once() {
     );
     assert_eq!(sb.delivered.len(), 2, "{:?}", sb.delivered);
     assert!(a.reconnects() >= 1 && a.is_connected());
+    server.shutdown();
+}
+
+/// Goal: under `AckMode::Application` a delivery the application has not acknowledged when
+/// the connection drops is reported again after the reconnect (the carried dedup window must
+/// not swallow it), and once acknowledged it is not delivered a third time.
+#[test]
+fn an_unacknowledged_delivery_is_reported_again_after_a_reconnect_and_not_after_its_ack() {
+    let mut rng = SeededRng::new(8);
+    let key = StaticKeypair::generate(&mut rng);
+    let mut config = ServerConfig::new("127.0.0.1:0".parse().unwrap(), key.clone());
+    config.shards = 2;
+    let server = Server::start(config).unwrap();
+    let proxy = Proxy::start(server.local_addr());
+    let public = *key.public();
+    let a_key = StaticKeypair::generate(&mut rng);
+    let b_key = StaticKeypair::generate(&mut rng);
+    let mut a = ReconnectingClient::connect(proxy.addr, ConnectionConfig::new(a_key, public), None)
+        .unwrap();
+    let mut b_config = ConnectionConfig::new(b_key, public);
+    b_config.ack = AckMode::Application;
+    let mut b = ReconnectingClient::connect(proxy.addr, b_config, None).unwrap();
+    let (mut sa, mut sb) = (Seen::default(), Seen::default());
+    let id = a
+        .send(Recipient::Device(b.device()), b"ack me later")
+        .unwrap();
+    let deadline = std::time::Instant::now() + WAIT;
+    while sb.delivered.is_empty() {
+        assert!(std::time::Instant::now() < deadline, "not delivered");
+        pump(&mut a, &mut sa);
+        pump(&mut b, &mut sb);
+    }
+    assert_eq!(sb.delivered, vec![id]);
+    assert!(
+        sa.acked.is_empty(),
+        "no DeliveryAck went out, so no SendAck(Delivered)"
+    );
+
+    proxy.cut();
+    let deadline = std::time::Instant::now() + WAIT;
+    while sb.delivered.len() < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not delivered again: b {} drops {} reconnects",
+            sb.disconnects,
+            sb.reconnects
+        );
+        pump(&mut a, &mut sa);
+        pump(&mut b, &mut sb);
+    }
+    assert_eq!(
+        sb.delivered,
+        vec![id, id],
+        "reported again after the reconnect"
+    );
+    assert!(sb.reconnects >= 1);
+    b.ack(id);
+    // The ack reaches the server: a's message is stored-then-acknowledged, and a later
+    // session of b gets nothing more.
+    let settle = std::time::Instant::now() + Duration::from_millis(500);
+    while std::time::Instant::now() < settle {
+        pump(&mut a, &mut sa);
+        pump(&mut b, &mut sb);
+    }
+    proxy.cut();
+    let deadline = std::time::Instant::now() + WAIT;
+    while sb.reconnects < 2 {
+        assert!(std::time::Instant::now() < deadline, "no second reconnect");
+        pump(&mut b, &mut sb);
+    }
+    let settle = std::time::Instant::now() + Duration::from_millis(500);
+    while std::time::Instant::now() < settle {
+        pump(&mut b, &mut sb);
+    }
+    assert_eq!(sb.delivered, vec![id, id], "not delivered a third time");
+    let duplicates = b.client_mut().map(|c| c.connection().stats().duplicates);
+    assert_eq!(duplicates, Some(0), "the server let go of it after the ack");
     server.shutdown();
 }
 
