@@ -10,8 +10,8 @@ use crate::connection::{
 use crate::dedup::Dedup;
 use core::time::Duration;
 use dp_core::limits::HANDSHAKE_TIMEOUT;
-use dp_core::{DeviceId, Instant, MessageId, Rng};
-use dp_proto::Recipient;
+use dp_core::{ConversationId, DeviceId, Instant, MessageId, Rng};
+use dp_proto::{PresenceState, ReceiptKind, Recipient, TypingState};
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -255,6 +255,57 @@ impl<R: Rng> Client<R> {
     /// The connection is closed, or the socket failed.
     pub fn request(&mut self, request_id: u32, op: u16, body: &[u8]) -> Result<(), Error> {
         self.conn.request(self.clock.now(), request_id, op, body)?;
+        self.flush()
+    }
+
+    /// Acknowledges a delivery the application has stored (see
+    /// [`crate::AckMode::Application`]); the `DeliveryAck` goes out with the next write.
+    ///
+    /// # Errors
+    ///
+    /// The connection is closed or the socket failed.
+    pub fn ack(&mut self, message: MessageId) -> Result<(), Error> {
+        self.conn.ack(self.clock.now(), message)?;
+        self.flush()
+    }
+
+    /// Sends a typing indicator for `conversation`.
+    ///
+    /// # Errors
+    ///
+    /// The connection is closed or the socket failed.
+    pub fn typing(
+        &mut self,
+        conversation: ConversationId,
+        state: TypingState,
+    ) -> Result<(), Error> {
+        self.conn.typing(self.clock.now(), conversation, state)?;
+        self.flush()
+    }
+
+    /// Sends delivered or read receipts for `messages` of `conversation`.
+    ///
+    /// # Errors
+    ///
+    /// The connection is closed or the socket failed.
+    pub fn receipt(
+        &mut self,
+        conversation: ConversationId,
+        kind: ReceiptKind,
+        messages: &[MessageId],
+    ) -> Result<(), Error> {
+        self.conn
+            .receipt(self.clock.now(), conversation, kind, messages)?;
+        self.flush()
+    }
+
+    /// Sets this device's presence.
+    ///
+    /// # Errors
+    ///
+    /// The connection is closed or the socket failed.
+    pub fn set_presence(&mut self, state: PresenceState) -> Result<(), Error> {
+        self.conn.set_presence(self.clock.now(), state)?;
         self.flush()
     }
 

@@ -2,7 +2,9 @@
 
 use crate::dedup::Dedup;
 use core::time::Duration;
-use dp_core::limits::{ACKS_PER_FRAME_MAX, FRAME_LEN_MAX, RECORD_PLAINTEXT_LEN_MAX};
+use dp_core::limits::{
+    ACKS_PER_FRAME_MAX, FRAME_LEN_MAX, RECEIPTS_PER_FRAME_MAX, RECORD_PLAINTEXT_LEN_MAX,
+};
 use dp_core::{ConversationId, DeviceId, Instant, MessageId, Rng};
 use dp_noise::{
     HandshakeError, Initiator, InitiatorConfig, InitiatorEvent, OpenError, SealError,
@@ -10,10 +12,10 @@ use dp_noise::{
 };
 use dp_proto::{
     Capabilities, DecodeError, DeliveryAck, EncodeError, ErrorCode, ErrorFrame, Frame,
-    FrameAssembler, Hello, MessageIds, PROTOCOL_VERSION, Ping, Pong, Recipient, SendFrame,
-    SendStatus, Versions,
+    FrameAssembler, Hello, MessageIds, PROTOCOL_VERSION, Ping, Pong, PresenceSet, PresenceState,
+    Receipt, ReceiptKind, Recipient, SendFrame, SendStatus, Typing, TypingState, Versions,
 };
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 
 /// The most bytes a connection keeps queued for the server (frames not yet written out).
 /// Past it, [`Connection::send`] refuses with [`ClientError::OutboundFull`] until the driver
@@ -37,6 +39,24 @@ const OUTBOUND_COMPACT_AT: usize = 64 * 1024;
 pub const RECORD_LEN_MAX_DEFAULT: usize = 2_032;
 /// The default window of delivered message ids remembered for deduplication.
 pub const DEDUP_WINDOW_DEFAULT: usize = 65_536;
+/// The most deliveries reported to the application and not yet acknowledged by it that a
+/// connection tracks under [`AckMode::Application`] (to drop the server's repeats of them on
+/// the same connection). Past it a delivery is still reported but not tracked: a repeat of it
+/// on the same connection is reported again.
+pub const APP_UNACKED_MAX: usize = 65_536;
+
+/// Who acknowledges deliveries to the server.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AckMode {
+    /// The connection sends `DeliveryAck` as soon as it has decoded a `Deliver` (the
+    /// default). A crash between that and the application storing the message loses it.
+    #[default]
+    Automatic,
+    /// The connection acknowledges a delivery only when the application calls
+    /// [`Connection::ack`] (after storing it). Until then the server keeps it and delivers it
+    /// again on the next connection, where it is reported again.
+    Application,
+}
 
 const _: () = {
     assert!(INBOUND_BYTES_MAX > RECORD_PLAINTEXT_LEN_MAX);
@@ -70,6 +90,8 @@ pub struct ConnectionConfig {
     /// itself is then not reported. Off: bodies are not kept and `Retry` is reported as is
     /// (a load generator that counts what arrives does not need the copies).
     pub resend_refused: bool,
+    /// Who acknowledges deliveries: the connection on receipt (default) or the application.
+    pub ack: AckMode,
 }
 
 impl ConnectionConfig {
@@ -87,6 +109,7 @@ impl ConnectionConfig {
             keepalive: Some(Duration::from_secs(30)),
             record_len_max: RECORD_LEN_MAX_DEFAULT,
             resend_refused: true,
+            ack: AckMode::Automatic,
         }
     }
 }
@@ -180,8 +203,39 @@ pub enum Event {
         /// Its per-conversation sequence number, 0 if none.
         seq: u64,
     },
-    /// A new message (duplicates are acknowledged but not reported).
+    /// A new message (duplicates are acknowledged but not reported). Under
+    /// [`AckMode::Application`] it is acknowledged when the application calls
+    /// [`Connection::ack`].
     Delivered(Delivery),
+    /// Another device's typing indicator in a conversation this device is in.
+    TypingFrom {
+        /// The typing device.
+        device: DeviceId,
+        /// The conversation.
+        conversation: ConversationId,
+        /// Typing or stopped.
+        state: TypingState,
+    },
+    /// Another device's delivered or read receipt.
+    ReceiptFrom {
+        /// The device that sent the receipt.
+        from: DeviceId,
+        /// The conversation the messages belong to.
+        conversation: ConversationId,
+        /// Delivered or read.
+        kind: ReceiptKind,
+        /// The messages (at most `RECEIPTS_PER_FRAME_MAX`).
+        messages: Vec<MessageId>,
+    },
+    /// A friend's (or this account's other device's) presence.
+    Presence {
+        /// The device.
+        device: DeviceId,
+        /// Its presence.
+        state: PresenceState,
+        /// When it was last seen online, ms since the Unix epoch.
+        last_seen_ms: u64,
+    },
     /// The answer to [`Connection::request`].
     Response {
         /// The request's id.
@@ -255,8 +309,11 @@ pub struct ConnectionStats {
     pub send_acks: u64,
     /// New messages delivered to the application.
     pub delivered: u64,
-    /// Deliveries dropped as duplicates (acknowledged again).
+    /// Deliveries dropped as duplicates (acknowledged again, or under
+    /// [`AckMode::Application`] repeats of one the application has not acknowledged yet).
     pub duplicates: u64,
+    /// Deliveries the application acknowledged with [`Connection::ack`].
+    pub app_acks: u64,
     /// Sends the server refused with `Retry` (each sent again when `resend_refused`).
     pub refused: u64,
     /// Records opened.
@@ -298,6 +355,10 @@ pub struct Connection<R: Rng> {
     dedup: Dedup,
     /// Delivered ids (new or duplicate) to acknowledge.
     acks: Vec<MessageId>,
+    ack_mode: AckMode,
+    /// Under [`AckMode::Application`]: ids reported on this connection and not yet
+    /// acknowledged by the application (at most [`APP_UNACKED_MAX`]).
+    app_unacked: BTreeSet<MessageId>,
     scratch: Vec<u8>,
     keepalive: Option<Duration>,
     record_len_max: usize,
@@ -357,6 +418,8 @@ impl<R: Rng> Connection<R> {
             events: VecDeque::new(),
             dedup: Dedup::new(config.dedup_window),
             acks: Vec::new(),
+            ack_mode: config.ack,
+            app_unacked: BTreeSet::new(),
             scratch,
             keepalive: config.keepalive,
             record_len_max: config.record_len_max.clamp(1, RECORD_PLAINTEXT_LEN_MAX),
@@ -563,6 +626,90 @@ impl<R: Rng> Connection<R> {
         }))
     }
 
+    /// Acknowledges a delivery the application has stored (under [`AckMode::Application`];
+    /// under [`AckMode::Automatic`] deliveries are acknowledged already and this only
+    /// remembers the id). The `DeliveryAck` goes out with the next
+    /// [`Connection::poll_transmit`], batched with the others acknowledged since. A message
+    /// reported on an earlier connection of this device may be acknowledged here too (carry
+    /// the dedup window over with [`Connection::set_dedup`]).
+    pub fn ack(&mut self, now: Instant, message: MessageId) -> Result<(), ClientError> {
+        self.advance(now);
+        if self.state == State::Closed {
+            return Err(ClientError::Closed);
+        }
+        if self.ack_mode == AckMode::Automatic {
+            self.dedup.insert(message);
+            return Ok(());
+        }
+        self.app_unacked.remove(&message);
+        if self.dedup.insert(message) {
+            self.stats.app_acks += 1;
+            self.acks.push(message);
+        }
+        Ok(())
+    }
+
+    /// Deliveries reported under [`AckMode::Application`] and not yet acknowledged, on this
+    /// connection.
+    pub fn app_unacked(&self) -> usize {
+        self.app_unacked.len()
+    }
+
+    /// Queues a typing indicator for `conversation`; the server forwards it to the
+    /// conversation's other online members as [`Event::TypingFrom`].
+    pub fn typing(
+        &mut self,
+        now: Instant,
+        conversation: ConversationId,
+        state: TypingState,
+    ) -> Result<(), ClientError> {
+        self.advance(now);
+        if self.state == State::Closed {
+            return Err(ClientError::Closed);
+        }
+        self.queue_frame(&Frame::Typing(Typing {
+            conversation,
+            state,
+        }))
+    }
+
+    /// Queues delivered or read receipts for `messages` of `conversation`, in frames of at
+    /// most `RECEIPTS_PER_FRAME_MAX` ids; the server forwards them to the conversation's
+    /// other online members as [`Event::ReceiptFrom`]. An empty list sends nothing.
+    pub fn receipt(
+        &mut self,
+        now: Instant,
+        conversation: ConversationId,
+        kind: ReceiptKind,
+        messages: &[MessageId],
+    ) -> Result<(), ClientError> {
+        self.advance(now);
+        if self.state == State::Closed {
+            return Err(ClientError::Closed);
+        }
+        if self.outbound_len() + messages.len() * 16 > OUTBOUND_BYTES_MAX {
+            return Err(ClientError::OutboundFull);
+        }
+        for chunk in messages.chunks(RECEIPTS_PER_FRAME_MAX) {
+            self.queue_frame(&Frame::Receipt(Receipt {
+                conversation,
+                kind,
+                messages: MessageIds::new(chunk),
+            }))?;
+        }
+        Ok(())
+    }
+
+    /// Queues this device's presence; the server passes it on to the online devices of the
+    /// account's friends and its own other devices as [`Event::Presence`].
+    pub fn set_presence(&mut self, now: Instant, state: PresenceState) -> Result<(), ClientError> {
+        self.advance(now);
+        if self.state == State::Closed {
+            return Err(ClientError::Closed);
+        }
+        self.queue_frame(&Frame::PresenceSet(PresenceSet { state }))
+    }
+
     /// Closes the connection locally: nothing more is sent; the last event is
     /// [`Event::Closed`] with [`CloseReason::Local`].
     pub fn close(&mut self) {
@@ -736,6 +883,31 @@ impl<R: Rng> Connection<R> {
                     seq: ack.seq,
                 });
             }
+            Frame::Deliver(deliver) if self.ack_mode == AckMode::Application => {
+                // The dedup window holds what the application acknowledged: a repeat of one
+                // is acknowledged again; a repeat of one reported on this connection and not
+                // yet acknowledged waits for the application's ack; anything else (a
+                // redelivery after a reconnect included) is reported.
+                if self.dedup.contains(deliver.message) {
+                    self.acks.push(deliver.message);
+                    self.stats.duplicates += 1;
+                } else if self.app_unacked.contains(&deliver.message) {
+                    self.stats.duplicates += 1;
+                } else {
+                    if self.app_unacked.len() < APP_UNACKED_MAX {
+                        self.app_unacked.insert(deliver.message);
+                    }
+                    self.stats.delivered += 1;
+                    self.events.push_back(Event::Delivered(Delivery {
+                        message: deliver.message,
+                        sender: deliver.sender,
+                        conversation: deliver.conversation,
+                        seq: deliver.seq,
+                        sent_at_ms: deliver.sent_at_ms,
+                        body: deliver.body.to_vec(),
+                    }));
+                }
+            }
             Frame::Deliver(deliver) => {
                 self.acks.push(deliver.message);
                 if self.dedup.insert(deliver.message) {
@@ -775,8 +947,24 @@ impl<R: Rng> Connection<R> {
                 });
                 self.set_closed(CloseReason::GoAway(go_away.code));
             }
-            // Frames of later features (presence, receipts, calls) are not handled
-            // by this client yet; they are well formed, so they are skipped.
+            Frame::TypingFrom(typing) => self.events.push_back(Event::TypingFrom {
+                device: typing.device,
+                conversation: typing.conversation,
+                state: typing.state,
+            }),
+            Frame::ReceiptFrom(receipt) => self.events.push_back(Event::ReceiptFrom {
+                from: receipt.from,
+                conversation: receipt.conversation,
+                kind: receipt.kind,
+                messages: receipt.messages.iter().collect(),
+            }),
+            Frame::Presence(presence) => self.events.push_back(Event::Presence {
+                device: presence.device,
+                state: presence.state,
+                last_seen_ms: presence.last_seen_ms,
+            }),
+            // Frames of later features (calls) are not handled by this client yet; they are
+            // well formed, so they are skipped.
             _ => {}
         }
     }
@@ -803,6 +991,9 @@ impl<R: Rng> Connection<R> {
     /// records of at most `record_len_max` plaintext bytes.
     pub fn poll_transmit(&mut self, now: Instant) -> Result<&[u8], ClientError> {
         self.advance(now);
+        if !self.acks.is_empty() {
+            self.flush_acks();
+        }
         if let Some(session) = self.session.as_mut()
             && !self.plain.is_empty()
         {

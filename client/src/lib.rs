@@ -6,7 +6,9 @@
 //!   handshake (XK or IK, classic or hybrid, ChaChaPoly or AESGCM), `Hello`/`Welcome`, `Send`
 //!   with message ids, `Deliver` answered by batched `DeliveryAck`s, client-side deduplication
 //!   by message id ([`Dedup`], bounded), `SendAck` statuses, `Ping`/`Pong`, keepalive and
-//!   `GoAway`.
+//!   `GoAway`; typing indicators, receipts and presence. Deliveries are acknowledged on
+//!   receipt, or with [`AckMode::Application`] only once the application has stored them
+//!   ([`Connection::ack`]).
 //! - [`Client`]: a blocking driver over `std::net::TcpStream` for simple programs and tests.
 //!   Programs with many connections drive [`Connection`] on their own event loop
 //!   ([`Client::into_parts`] hands one over after the handshake).
@@ -42,14 +44,14 @@ pub mod reconnect;
 
 pub use blocking::{Client, Clock, Error, OsRng};
 pub use connection::{
-    ClientError, CloseReason, Connection, ConnectionConfig, ConnectionStats, DEDUP_WINDOW_DEFAULT,
-    Delivery, Event, HANDSHAKE_PACKET_LEN_MAX, INBOUND_BYTES_MAX, OUTBOUND_BYTES_MAX,
-    RECORD_LEN_MAX_DEFAULT, State, UNACKED_BYTES_MAX,
+    APP_UNACKED_MAX, AckMode, ClientError, CloseReason, Connection, ConnectionConfig,
+    ConnectionStats, DEDUP_WINDOW_DEFAULT, Delivery, Event, HANDSHAKE_PACKET_LEN_MAX,
+    INBOUND_BYTES_MAX, OUTBOUND_BYTES_MAX, RECORD_LEN_MAX_DEFAULT, State, UNACKED_BYTES_MAX,
 };
 pub use dedup::Dedup;
 pub use dp_core::{ConversationId, DeviceId, MessageId};
 pub use dp_noise::{Cipher, Pattern, StaticKeypair, Suite};
-pub use dp_proto::{ErrorCode, Recipient, SendStatus};
+pub use dp_proto::{ErrorCode, PresenceState, ReceiptKind, Recipient, SendStatus, TypingState};
 pub use ops::{IssuedToken, OpError, Ops, UserId};
 pub use quic::QuicClient;
 pub use reconnect::{

@@ -11,8 +11,8 @@ use crate::blocking::{Client, Clock, Error, OsRng};
 use crate::connection::{ClientError, CloseReason, ConnectionConfig, Event, UNACKED_BYTES_MAX};
 use crate::dedup::Dedup;
 use core::time::Duration;
-use dp_core::{DeviceId, Instant, MessageId, Rng};
-use dp_proto::{Recipient, SendStatus};
+use dp_core::{ConversationId, DeviceId, Instant, MessageId, Rng};
+use dp_proto::{PresenceState, ReceiptKind, Recipient, SendStatus, TypingState};
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 
@@ -128,6 +128,8 @@ pub struct ReconnectingClient {
     next_attempt: Instant,
     pending: VecDeque<ReconnectEvent>,
     reconnects: u64,
+    /// The presence the application last set, set again on each new connection.
+    presence: Option<PresenceState>,
 }
 
 impl ReconnectingClient {
@@ -157,6 +159,7 @@ impl ReconnectingClient {
             next_attempt: Instant(0),
             pending: VecDeque::new(),
             reconnects: 0,
+            presence: None,
         })
     }
 
@@ -212,6 +215,83 @@ impl ReconnectingClient {
             self.drop_connection(format!("send failed: {error}"), Duration::ZERO);
         }
         Ok(message)
+    }
+
+    /// Acknowledges a delivery the application has stored (see
+    /// [`crate::AckMode::Application`]). While disconnected the id goes into the dedup
+    /// window: the server's redelivery on the next connection is then acknowledged and not
+    /// reported again.
+    pub fn ack(&mut self, message: MessageId) {
+        if let Some(client) = self.client.as_mut() {
+            if let Err(error) = client.ack(message) {
+                self.drop_connection(format!("ack failed: {error}"), Duration::ZERO);
+                self.ack_offline(message);
+            }
+        } else {
+            self.ack_offline(message);
+        }
+    }
+
+    fn ack_offline(&mut self, message: MessageId) {
+        let window = self.config.dedup_window;
+        self.dedup
+            .get_or_insert_with(|| Dedup::new(window))
+            .insert(message);
+    }
+
+    /// Sends a typing indicator for `conversation` on the current connection.
+    ///
+    /// # Errors
+    ///
+    /// [`ClientError::Closed`] while disconnected (typing indicators are not kept).
+    pub fn typing(
+        &mut self,
+        conversation: ConversationId,
+        state: TypingState,
+    ) -> Result<(), Error> {
+        let client = self
+            .client
+            .as_mut()
+            .ok_or(Error::Client(ClientError::Closed))?;
+        let result = client.typing(conversation, state);
+        if let Err(error) = &result {
+            let reason = format!("typing failed: {error}");
+            self.drop_connection(reason, Duration::ZERO);
+        }
+        result
+    }
+
+    /// Sends receipts for `messages` of `conversation` on the current connection.
+    ///
+    /// # Errors
+    ///
+    /// [`ClientError::Closed`] while disconnected (receipts are not kept).
+    pub fn receipt(
+        &mut self,
+        conversation: ConversationId,
+        kind: ReceiptKind,
+        messages: &[MessageId],
+    ) -> Result<(), Error> {
+        let client = self
+            .client
+            .as_mut()
+            .ok_or(Error::Client(ClientError::Closed))?;
+        let result = client.receipt(conversation, kind, messages);
+        if let Err(error) = &result {
+            let reason = format!("receipt failed: {error}");
+            self.drop_connection(reason, Duration::ZERO);
+        }
+        result
+    }
+
+    /// Sets this device's presence, now if connected, and again on every new connection.
+    pub fn set_presence(&mut self, state: PresenceState) {
+        self.presence = Some(state);
+        if let Some(client) = self.client.as_mut()
+            && let Err(error) = client.set_presence(state)
+        {
+            self.drop_connection(format!("presence failed: {error}"), Duration::ZERO);
+        }
     }
 
     /// Writes what is queued (acknowledgements included) on the current connection.
@@ -321,7 +401,12 @@ impl ReconnectingClient {
                 self.reconnects += 1;
                 let mut resent = 0;
                 let mut failed = None;
-                for (message, kept) in &self.kept {
+                if let Some(state) = self.presence
+                    && let Err(error) = client.set_presence(state)
+                {
+                    failed = Some(error);
+                }
+                for (message, kept) in self.kept.iter().take_while(|_| failed.is_none()) {
                     if let Err(error) = client.send_with_id(*message, kept.recipient, &kept.body) {
                         failed = Some(error);
                         break;

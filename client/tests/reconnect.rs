@@ -10,8 +10,8 @@
 )]
 
 use commucat_client::{
-    ConnectionConfig, Event, MessageId, Recipient, ReconnectEvent, ReconnectingClient, SendStatus,
-    StaticKeypair,
+    AckMode, ConnectionConfig, Event, MessageId, Recipient, ReconnectEvent, ReconnectingClient,
+    SendStatus, StaticKeypair,
 };
 use core::time::Duration;
 use dp_core::SeededRng;
@@ -78,6 +78,8 @@ fn pipe(mut from: TcpStream, mut to: TcpStream) {
 struct Seen {
     delivered: Vec<MessageId>,
     acked: Vec<MessageId>,
+    /// Messages answered `SendAck(Delivered)` (the recipient acknowledged them live).
+    acked_delivered: Vec<MessageId>,
     disconnects: usize,
     reconnects: usize,
 }
@@ -88,7 +90,12 @@ fn pump(client: &mut ReconnectingClient, seen: &mut Seen) {
             ReconnectEvent::Event(Event::Delivered(d)) => seen.delivered.push(d.message),
             ReconnectEvent::Event(Event::SendAck {
                 message, status, ..
-            }) if status != SendStatus::Retry => seen.acked.push(message),
+            }) if status != SendStatus::Retry => {
+                seen.acked.push(message);
+                if status == SendStatus::Delivered {
+                    seen.acked_delivered.push(message);
+                }
+            }
             ReconnectEvent::Disconnected { .. } => seen.disconnects += 1,
             ReconnectEvent::Reconnected { .. } => seen.reconnects += 1,
             _ => {}
@@ -157,6 +164,88 @@ fn a_cut_connection_comes_back_and_every_message_arrives_once() {
     );
     assert_eq!(sb.delivered.len(), 2, "{:?}", sb.delivered);
     assert!(a.reconnects() >= 1 && a.is_connected());
+    server.shutdown();
+}
+
+/// Goal: under `AckMode::Application` a delivery the application has not acknowledged when
+/// the connection drops is reported again after the reconnect (the carried dedup window must
+/// not swallow it), and once acknowledged it is not delivered a third time.
+#[test]
+fn an_unacknowledged_delivery_is_reported_again_after_a_reconnect_and_not_after_its_ack() {
+    let mut rng = SeededRng::new(8);
+    let key = StaticKeypair::generate(&mut rng);
+    let mut config = ServerConfig::new("127.0.0.1:0".parse().unwrap(), key.clone());
+    config.shards = 2;
+    let server = Server::start(config).unwrap();
+    let proxy = Proxy::start(server.local_addr());
+    let public = *key.public();
+    let a_key = StaticKeypair::generate(&mut rng);
+    let b_key = StaticKeypair::generate(&mut rng);
+    let mut a = ReconnectingClient::connect(proxy.addr, ConnectionConfig::new(a_key, public), None)
+        .unwrap();
+    let mut b_config = ConnectionConfig::new(b_key, public);
+    b_config.ack = AckMode::Application;
+    let mut b = ReconnectingClient::connect(proxy.addr, b_config, None).unwrap();
+    let (mut sa, mut sb) = (Seen::default(), Seen::default());
+    let id = a
+        .send(Recipient::Device(b.device()), b"ack me later")
+        .unwrap();
+    let deadline = std::time::Instant::now() + WAIT;
+    while sb.delivered.is_empty() {
+        assert!(std::time::Instant::now() < deadline, "not delivered");
+        pump(&mut a, &mut sa);
+        pump(&mut b, &mut sb);
+    }
+    assert_eq!(sb.delivered, vec![id]);
+    // No DeliveryAck went out, so no SendAck(Delivered) (a SendAck(Stored) may come: right
+    // after b connects, envelopes for it may go through storage).
+    assert!(sa.acked_delivered.is_empty(), "{:?}", sa.acked_delivered);
+
+    proxy.cut();
+    let deadline = std::time::Instant::now() + WAIT;
+    while sb.delivered.len() < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not delivered again: b {} drops {} reconnects",
+            sb.disconnects,
+            sb.reconnects
+        );
+        pump(&mut a, &mut sa);
+        pump(&mut b, &mut sb);
+    }
+    assert_eq!(
+        sb.delivered,
+        vec![id, id],
+        "reported again after the reconnect"
+    );
+    assert!(sb.reconnects >= 1);
+    b.ack(id);
+    // A Ping behind the ack: once its Pong is back, the server has taken the ack, and a
+    // later session of b gets nothing more.
+    b.client_mut().expect("connected").ping(9).unwrap();
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        assert!(std::time::Instant::now() < deadline, "no Pong");
+        match b.next_event(Duration::from_millis(20)).unwrap() {
+            Some(ReconnectEvent::Event(Event::Pong { nonce: 9 })) => break,
+            Some(ReconnectEvent::Event(Event::Delivered(d))) => sb.delivered.push(d.message),
+            Some(ReconnectEvent::Disconnected { .. }) => panic!("dropped before the Pong"),
+            _ => {}
+        }
+    }
+    proxy.cut();
+    let deadline = std::time::Instant::now() + WAIT;
+    while sb.reconnects < 2 {
+        assert!(std::time::Instant::now() < deadline, "no second reconnect");
+        pump(&mut b, &mut sb);
+    }
+    let settle = std::time::Instant::now() + Duration::from_millis(500);
+    while std::time::Instant::now() < settle {
+        pump(&mut b, &mut sb);
+    }
+    assert_eq!(sb.delivered, vec![id, id], "not delivered a third time");
+    let duplicates = b.client_mut().map(|c| c.connection().stats().duplicates);
+    assert_eq!(duplicates, Some(0), "the server let go of it after the ack");
     server.shutdown();
 }
 

@@ -40,12 +40,21 @@ impl Net {
     }
 
     fn connect_with(&mut self, suite: Suite, seed: u64, resend_refused: bool) -> usize {
+        self.connect_configured(suite, seed, |config| config.resend_refused = resend_refused)
+    }
+
+    fn connect_configured(
+        &mut self,
+        suite: Suite,
+        seed: u64,
+        configure: impl FnOnce(&mut ConnectionConfig),
+    ) -> usize {
         let mut rng = SeededRng::new(seed);
         let key = StaticKeypair::generate(&mut rng);
         let mut config = ConnectionConfig::new(key, self.server);
         config.suite = suite;
         config.timestamp_ms = 1;
-        config.resend_refused = resend_refused;
+        configure(&mut config);
         let conn = Connection::new(NOW, config, rng).unwrap();
         let peer: SocketAddr = ([127, 0, 0, 1], 1000 + self.clients.len() as u16).into();
         let id = self.shard.handle_connect(NOW, peer).unwrap();
@@ -335,5 +344,77 @@ fn a_refused_send_is_sent_again_after_a_pause() {
             status: SendStatus::Retry,
             seq: 0
         }]
+    );
+}
+
+#[test]
+fn under_application_acks_the_sender_hears_delivered_only_after_the_application_acks() {
+    let mut net = Net::new(5);
+    let suite = Suite::ALL[0];
+    let a = net.connect(suite, 50);
+    let b = net.connect_configured(suite, 51, |config| config.ack = AckMode::Application);
+    net.events(a);
+    net.events(b);
+    let to = Recipient::Device(net.clients[b].1.device());
+    let id = net.clients[a].1.new_message_id();
+    net.clients[a]
+        .1
+        .send(NOW, id, to, b"store me first")
+        .unwrap();
+    net.pump();
+    let got = net.events(b);
+    assert!(
+        matches!(got.as_slice(), [Event::Delivered(d)] if d.message == id),
+        "{got:?}"
+    );
+    assert_eq!(net.clients[b].1.app_unacked(), 1);
+    // No DeliveryAck went out: the sender has no answer yet.
+    assert_eq!(net.events(a), vec![]);
+    net.clients[b].1.ack(NOW, id).unwrap();
+    assert_eq!(net.clients[b].1.app_unacked(), 0);
+    net.pump();
+    assert_eq!(
+        net.events(a),
+        vec![Event::SendAck {
+            message: id,
+            status: SendStatus::Delivered,
+            seq: 0
+        }]
+    );
+    assert_eq!(net.clients[b].1.stats().app_acks, 1);
+    // Acknowledging again sends nothing more and counts nothing.
+    net.clients[b].1.ack(NOW, id).unwrap();
+    assert_eq!(net.clients[b].1.stats().app_acks, 1);
+}
+
+#[test]
+fn typing_receipt_and_presence_frames_are_encoded_and_bounded() {
+    let mut net = Net::new(6);
+    let a = net.connect(Suite::ALL[0], 60);
+    net.events(a);
+    let conn = &mut net.clients[a].1;
+    let before = conn.outbound_len();
+    conn.typing(NOW, ConversationId(3), TypingState::Typing)
+        .unwrap();
+    conn.set_presence(NOW, PresenceState::Away).unwrap();
+    assert!(conn.outbound_len() > before);
+    // More ids than one frame holds go in several frames; none is an error.
+    let ids: Vec<MessageId> = (0..=RECEIPTS_PER_FRAME_MAX as u32)
+        .map(|i| {
+            let mut id = [0u8; 16];
+            id[..4].copy_from_slice(&i.to_le_bytes());
+            MessageId(id)
+        })
+        .collect();
+    let before = conn.outbound_len();
+    conn.receipt(NOW, ConversationId(3), ReceiptKind::Delivered, &ids)
+        .unwrap();
+    assert!(conn.outbound_len() >= before + ids.len() * 16);
+    conn.receipt(NOW, ConversationId(3), ReceiptKind::Read, &[])
+        .unwrap();
+    conn.close();
+    assert_eq!(
+        conn.typing(NOW, ConversationId(3), TypingState::Stopped),
+        Err(ClientError::Closed)
     );
 }

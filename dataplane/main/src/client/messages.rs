@@ -421,11 +421,14 @@ pub(crate) fn listen(ctx: &Ctx, count: Option<u64>, timeout: Option<u64>, out: O
         shown += show(ctx, &mut directory, kept, out);
     }
     ctx.profile.clear_inbox()?;
-    let mut client = ctx.connect_reconnecting()?;
+    // Each message is acknowledged only once it is shown and its id stored in the profile: a
+    // crash before that gets it delivered again, not lost.
+    let mut client = ctx.connect_reconnecting_app_acked()?;
     loop {
         let reached = count.is_some_and(|count| shown >= count);
         let wait = if reached {
-            // Show what has arrived already (it is acknowledged), then stop.
+            // Show what has arrived already, then stop (what is not shown is not acknowledged
+            // and comes again next time).
             Duration::ZERO
         } else {
             match deadline {
@@ -436,8 +439,9 @@ pub(crate) fn listen(ctx: &Ctx, count: Option<u64>, timeout: Option<u64>, out: O
         match client.next_event(wait)? {
             Some(ReconnectEvent::Event(Event::Delivered(delivery))) => {
                 let message = Received::from(&delivery);
-                ctx.profile.mark_seen(delivery.message)?;
                 shown += show(ctx, &mut directory, message, out);
+                ctx.profile.mark_seen(delivery.message)?;
+                client.ack(delivery.message);
             }
             Some(other) => report(&other),
             None if reached || deadline.is_some_and(|d| Instant::now() >= d) => break,

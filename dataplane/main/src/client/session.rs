@@ -5,7 +5,7 @@ use super::profile::{Profile, Received, Settings};
 use anyhow::{Context, Result, anyhow, bail};
 use commucat_client::api::{Api, ApiError};
 use commucat_client::{
-    Client, ConnectionConfig, Delivery, Error, ErrorCode, Event, OpError, Ops, OsRng,
+    AckMode, Client, ConnectionConfig, Delivery, Error, ErrorCode, Event, OpError, Ops, OsRng,
     ReconnectingClient,
 };
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -95,6 +95,16 @@ impl Ctx {
             Some(self.profile.dedup()),
         )
         .map_err(|e| self.connect_error(&e))
+    }
+
+    /// A session that reconnects by itself and acknowledges a delivery only when told to
+    /// ([`ReconnectingClient::ack`]), after the message is stored: until then the server keeps
+    /// it and delivers it again.
+    pub(crate) fn connect_reconnecting_app_acked(&self) -> Result<ReconnectingClient> {
+        let mut config = self.config()?;
+        config.ack = AckMode::Application;
+        ReconnectingClient::connect(self.server_addr()?, config, Some(self.profile.dedup()))
+            .map_err(|e| self.connect_error(&e))
     }
 
     /// Keeps a message that arrived during another command for the next `listen`.
