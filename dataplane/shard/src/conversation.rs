@@ -45,6 +45,17 @@ pub const FANOUTS_MAX: usize = 16_384;
 /// through the API invalidate it at once; this bounds staleness for what does not (a device
 /// added to a member's account, a friendship ended).
 pub const CONVERSATION_CACHE_TTL: Duration = Duration::from_secs(30);
+/// A cached conversation asks control again ahead of need, while it keeps fanning out, once
+/// less than 1/`REFRESH_AHEAD_FRACTION` of its sequence block is left.
+pub const REFRESH_AHEAD_FRACTION: u64 = 4;
+/// ... or once its membership is this old, so that a busy conversation never waits for a
+/// lookup.
+pub const REFRESH_AHEAD_AGE: Duration = Duration::from_secs(20);
+const _: () = assert!(REFRESH_AHEAD_AGE.as_secs() < CONVERSATION_CACHE_TTL.as_secs());
+/// After asking ahead, a conversation does not ask ahead again for this long (an answer that
+/// did not come, or storage that is unavailable, costs one lookup per interval, not one per
+/// message).
+pub const REFRESH_AHEAD_INTERVAL: Duration = Duration::from_secs(1);
 /// Member devices one shard keeps cached over all its conversations (about 24 MiB); past it
 /// the least recently used conversations are forgotten.
 pub const CACHED_MEMBER_DEVICES_MAX: usize = 1 << 20;
@@ -136,8 +147,35 @@ struct Cached {
     counted: usize,
     next_seq: u64,
     seq_end: u64,
+    /// The block a refresh brought while numbers of the current one were left: used next.
+    next_block: Option<Range<u64>>,
+    /// The length of the latest block control handed out.
+    block_len: u64,
     fetched_at: Instant,
+    /// No asking ahead before this.
+    refresh_not_before: Instant,
     used: u64,
+}
+
+impl Cached {
+    /// Whether a sequence number is at hand (moving to the next block if this one is spent).
+    fn has_seq(&mut self) -> bool {
+        if self.next_seq >= self.seq_end
+            && let Some(block) = self.next_block.take()
+        {
+            (self.next_seq, self.seq_end) = (block.start, block.end);
+        }
+        self.next_seq < self.seq_end
+    }
+
+    /// Whether to ask control again now, while this entry still serves.
+    fn wants_refresh(&self, now: Instant) -> bool {
+        let left = self.seq_end.saturating_sub(self.next_seq);
+        now >= self.refresh_not_before
+            && ((self.next_block.is_none()
+                && left.saturating_mul(REFRESH_AHEAD_FRACTION) < self.block_len)
+                || now >= self.fetched_at.saturating_add(REFRESH_AHEAD_AGE))
+    }
 }
 
 struct Lookup {
@@ -308,9 +346,24 @@ pub(crate) fn submit<R: Rng>(shard: &mut Shard<R>, now: Instant, envelope: Box<E
     table.tick += 1;
     if let Some(entry) = table.cached.get_mut(&conversation) {
         let fresh = now < entry.fetched_at.saturating_add(CONVERSATION_CACHE_TTL);
-        let numbered = envelope.signal != Signal::None || entry.next_seq < entry.seq_end;
+        let numbered = envelope.signal != Signal::None || entry.has_seq();
         if fresh && numbered {
             entry.used = table.tick;
+            let refresh = entry.wants_refresh(now)
+                && !table.lookups.contains_key(&conversation)
+                && table.lookups.len() < CONVERSATION_LOOKUPS_MAX;
+            if refresh {
+                // Ask ahead: the answer replaces the membership and brings the next block.
+                entry.refresh_not_before = now.saturating_add(REFRESH_AHEAD_INTERVAL);
+                table.lookups.insert(
+                    conversation,
+                    Lookup {
+                        waiting: VecDeque::new(),
+                        refetch: false,
+                    },
+                );
+                ask(shard, conversation);
+            }
             fan_out(shard, envelope);
             return;
         }
@@ -657,14 +710,23 @@ pub(crate) fn answered<R: Rng>(
             members.truncate(MEMBER_DEVICES_MAX);
             let table = &mut shard.conversations;
             let used = table.tick;
+            let block_len = seq.end - seq.start;
+            // A refresh ahead of need: what is left of the current block is used first.
+            let (next_seq, seq_end, next_block) = match table.cached.get(&conversation) {
+                Some(old) if old.next_seq < old.seq_end => (old.next_seq, old.seq_end, Some(seq)),
+                _ => (seq.start, seq.end, None),
+            };
             table.remember(
                 conversation,
                 Cached {
                     members,
                     counted: 0,
-                    next_seq: seq.start,
-                    seq_end: seq.end,
+                    next_seq,
+                    seq_end,
+                    next_block,
+                    block_len,
                     fetched_at: now,
+                    refresh_not_before: now,
                     used,
                 },
             );
@@ -673,6 +735,7 @@ pub(crate) fn answered<R: Rng>(
             }
         }
         ConversationAnswer::NotFound => {
+            shard.conversations.forget(conversation);
             for envelope in lookup.waiting {
                 reject(shard, envelope, ErrorCode::NOT_FOUND);
             }

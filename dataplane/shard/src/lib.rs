@@ -41,7 +41,8 @@ pub use conn::{ConnId, HandOff};
 pub use conversation::{
     CACHED_MEMBER_DEVICES_MAX, CONVERSATION_CACHE_TTL, CONVERSATION_LOOKUPS_MAX,
     CONVERSATIONS_CACHED_MAX, ConversationAnswer, ConversationInfo, FANOUTS_MAX,
-    MEMBER_DEVICES_MAX, Member, SENDS_WAITING_PER_CONVERSATION_MAX, conversation_home,
+    MEMBER_DEVICES_MAX, Member, REFRESH_AHEAD_AGE, REFRESH_AHEAD_FRACTION, REFRESH_AHEAD_INTERVAL,
+    SENDS_WAITING_PER_CONVERSATION_MAX, conversation_home,
 };
 pub use route::{Envelope, Origin, home_shard};
 

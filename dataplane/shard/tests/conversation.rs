@@ -9,9 +9,10 @@ mod common;
 use common::*;
 use dp_core::{ConversationId, MessageId};
 use dp_proto::{
-    ErrorCode, Frame, MessageIds, Receipt, ReceiptKind, SendStatus, Typing, TypingState,
+    ErrorCode, Frame, MessageIds, Receipt, ReceiptKind, Recipient, SendFrame, SendStatus, Typing,
+    TypingState,
 };
-use dp_shard::{CloseReason, conversation_home};
+use dp_shard::{CloseReason, REFRESH_AHEAD_FRACTION, conversation_home};
 
 /// The conversations under test: one homed on each shard.
 fn conversation_ids() -> [u64; 2] {
@@ -397,4 +398,54 @@ fn a_revoked_device_gets_no_more_copies() {
             Some(Got::SeqAck(got, SendStatus::Delivered, _)) if *got == m
         ));
     }
+}
+
+/// Goal: a busy conversation never waits for control between sequence blocks: its home shard
+/// asks for the next block ahead of need, while it keeps fanning out. Method: blocks of 40;
+/// once the first ask-ahead has been answered, control's store goes down (lookups answered
+/// `Unavailable`); the messages that cross into the next block are still delivered, numbered
+/// on without a gap (asking only when a block is spent would have met the failed store and
+/// answered `Retry`).
+#[test]
+fn a_busy_conversation_asks_for_the_next_block_ahead_and_never_waits() {
+    let [conv, _] = conversation_ids();
+    let mut w = World::new();
+    w.seq_block = 40;
+    let a = w.connect(0, 0, xk());
+    let b = w.connect(1, 1, xk());
+    w.set_conversation(conv, &[a, b]);
+    let total = u16::try_from(w.seq_block + 10).unwrap();
+    let mut acked = Vec::new();
+    let mut failing_from = None;
+    for n in 0..total {
+        // Once the ask-ahead (with less than 1/REFRESH_AHEAD_FRACTION of the block left) has
+        // been answered, the store goes down.
+        if failing_from.is_none() && w.lookups == 2 {
+            w.lookups_fail = true;
+            failing_from = Some(u64::from(n));
+        }
+        let mut id = [0x5a; 16];
+        id[..2].copy_from_slice(&n.to_le_bytes());
+        let message = MessageId(id);
+        w.send(
+            a,
+            &Frame::Send(SendFrame {
+                message,
+                recipient: Recipient::Conversation(ConversationId(conv)),
+                body: b"busy",
+            }),
+        );
+        match w.clients[a].got.last() {
+            Some(Got::SeqAck(got, SendStatus::Delivered, seq)) if *got == message => {
+                acked.push(*seq);
+            }
+            other => panic!("message {n}: {other:?}"),
+        }
+    }
+    let from = failing_from.expect("an ask-ahead was answered");
+    assert!(
+        from + w.seq_block / REFRESH_AHEAD_FRACTION / 2 < w.seq_block,
+        "asked well before the block ran out, not at its end ({from})"
+    );
+    assert_eq!(acked, (1..=u64::from(total)).collect::<Vec<_>>());
 }
