@@ -324,25 +324,36 @@ fn went_cached<R: Rng>(
 }
 
 /// Control says these devices' audiences changed (a friendship began or ended, a device was
-/// added or revoked): forget them, and do not trust an answer to a question asked before.
+/// added or revoked; control lists the account's devices and its friends'): forget their
+/// entries and every entry that lists one of them, and do not trust an answer to a question
+/// asked before.
 pub(crate) fn changed<R: Rng>(shard: &mut Shard<R>, devices: &[DeviceId]) {
-    for &device in devices {
+    let mut listed = devices.to_vec();
+    listed.sort_unstable();
+    let affected: Vec<DeviceId> = shard
+        .presence
+        .cached
+        .iter()
+        .filter(|(id, entry)| {
+            listed.binary_search(id).is_ok()
+                || entry
+                    .devices
+                    .iter()
+                    .any(|d| listed.binary_search(d).is_ok())
+        })
+        .map(|(id, _)| *id)
+        .collect();
+    for device in affected {
         shard.presence.forget(device);
+    }
+    for &device in devices {
         if let Some(lookup) = shard.presence.lookups.get_mut(&device) {
             lookup.refetch = true;
         }
     }
 }
 
-/// A device was revoked: forget every cached audience that lists it.
+/// A device was revoked: forget its entry and every cached audience that lists it.
 pub(crate) fn device_revoked<R: Rng>(shard: &mut Shard<R>, device: DeviceId) {
-    let affected: Vec<DeviceId> = shard
-        .presence
-        .cached
-        .iter()
-        .filter(|(_, entry)| entry.devices.binary_search(&device).is_ok())
-        .map(|(id, _)| *id)
-        .collect();
-    changed(shard, &affected);
     changed(shard, &[device]);
 }

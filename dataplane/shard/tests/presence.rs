@@ -153,3 +153,28 @@ fn a_full_recipient_queue_drops_presence_and_keeps_the_session() {
     );
     assert_eq!(w.presences(alice).len() as u64, out + 1);
 }
+
+/// The friendship ends from the other side: control lists only alice's devices as changed, and
+/// bob's cached audience, which lists alice, is forgotten too.
+#[test]
+fn a_change_naming_a_listed_device_invalidates_the_audience_that_lists_it() {
+    let mut w = World::new();
+    let bob = w.connect(0, 0, xk());
+    let alice = w.connect(1, 1, xk());
+    w.set_audience(bob, &[alice]);
+    set_presence(&mut w, bob, PresenceState::Online);
+    assert_eq!(w.presences(alice).len(), 1);
+    let (bob_id, alice_id) = (w.device(bob), w.device(alice));
+    w.audiences.insert(bob_id, Vec::new());
+    for s in 0..usize::from(SHARDS) {
+        w.from_control[s]
+            .queue
+            .push_back(dp_shard::ControlEvent::AudienceChanged {
+                devices: vec![alice_id],
+            });
+    }
+    w.pump();
+    set_presence(&mut w, bob, PresenceState::Away);
+    assert_eq!(w.audience_lookups, 2);
+    assert_eq!(w.presences(alice).len(), 1, "alice hears nothing more");
+}
