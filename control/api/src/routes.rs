@@ -546,6 +546,23 @@ async fn membership_changed(state: &AppState, id: ConversationId) {
     }
 }
 
+/// Tells the data plane that `user`'s friendships changed, so the presence of its devices and
+/// its friends' devices goes to the new audience. If the data plane does not take the command
+/// in time it is logged, and its cache expiry (`dp_shard::AUDIENCE_CACHE_TTL`) bounds how long
+/// presence goes to the old audience.
+async fn audience_changed(state: &AppState, user: UserId) {
+    let command = control_core::ControlCommand::AudienceChanged(user);
+    if tokio::time::timeout(FORWARD_WAIT, state.inner.commands.send(command))
+        .await
+        .is_err()
+    {
+        tracing::error!(
+            user = user.0,
+            "the data plane did not take an audience change in time"
+        );
+    }
+}
+
 /// Revokes a device of the caller's account (its tokens die and its live sessions close).
 #[utoipa::path(delete, path = "/v1/devices/{device_id}", tag = "devices", security(("bearer" = [])),
     params(("device_id" = String, Path, description = "32 hex digits")),
@@ -604,6 +621,7 @@ async fn remove_friend(
         // Their direct conversation can no longer be written to.
         membership_changed(&state, id).await;
     }
+    audience_changed(&state, auth.caller.user()).await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -634,6 +652,9 @@ async fn request_friend(
         .control()
         .request_friend(&auth.caller, &body.handle)
         .await?;
+    if outcome == FriendRequestOutcome::Accepted {
+        audience_changed(&state, auth.caller.user()).await;
+    }
     let outcome = match outcome {
         FriendRequestOutcome::Requested => "requested",
         FriendRequestOutcome::AlreadyRequested => "already_requested",
@@ -655,6 +676,7 @@ async fn accept_friend(
     PathParams(handle): PathParams<String>,
 ) -> Result<StatusCode, ApiError> {
     state.control().accept_friend(&auth.caller, &handle).await?;
+    audience_changed(&state, auth.caller.user()).await;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -202,6 +202,11 @@ async fn rest_flow_devices_friends_groups(kind: Kind) {
     )
     .await;
     assert_eq!(s, StatusCode::NO_CONTENT);
+    // A friendship began: the data plane forgets the presence audiences around bob.
+    assert!(matches!(
+        api.commands.try_recv().unwrap(),
+        ControlCommand::AudienceChanged(_)
+    ));
     let (_, friends) = call(&api, Method::GET, "/v1/friends", Some(&alice), None).await;
     assert_eq!(friends[0]["handle"], "bob");
     let (s, keys) = call(
@@ -292,6 +297,11 @@ async fn rest_flow_devices_friends_groups(kind: Kind) {
         api.commands.try_recv().unwrap(),
         ControlCommand::ConversationChanged(ConversationId(direct["id"].as_u64().unwrap()))
     );
+    // And the presence audiences around alice.
+    assert!(matches!(
+        api.commands.try_recv().unwrap(),
+        ControlCommand::AudienceChanged(_)
+    ));
     let (s, _) = call(&api, Method::DELETE, "/v1/session", Some(&alice), None).await;
     assert_eq!(s, StatusCode::NO_CONTENT);
     let (s, body) = call(&api, Method::GET, "/v1/me", Some(&alice), None).await;

@@ -233,6 +233,9 @@ pub enum ControlCommand {
     RevokeDevice(DeviceId),
     /// The conversation's membership changed: the data plane forgets what it cached of it.
     ConversationChanged(ConversationId),
+    /// The user's friendships changed (or its devices did): the presence audiences of its
+    /// devices and its friends' devices are forgotten (docs/design/0016).
+    AudienceChanged(UserId),
 }
 
 /// A device registered by [`Control::register`] or [`Control::claim_pairing_code`].
@@ -1081,6 +1084,51 @@ impl Control {
             .store
             .conversation_lookup(conversation, max, seq_count)
             .await?)
+    }
+
+    /// The data plane's presence audience lookup (docs/design/0016): the live devices of every
+    /// friend of the device's account and the account's other live devices (at most
+    /// [`Limits::list_max`] friends, each with at most [`Limits::devices_per_user_max`]
+    /// devices). `None` for an unknown or revoked device.
+    pub async fn presence_audience(
+        &self,
+        device: DeviceId,
+    ) -> Result<Option<Vec<DeviceId>>, ControlError> {
+        let Some(found) = self.store.device(device).await? else {
+            return Ok(None);
+        };
+        if found.revoked_at_ms.is_some() {
+            return Ok(None);
+        }
+        let mut audience = self.audience_watchers(found.user).await?;
+        audience.retain(|&d| d != device);
+        Ok(Some(audience))
+    }
+
+    /// The live devices of `user` and of each of its friends: the devices whose presence
+    /// audience changes when `user`'s friendships or devices do.
+    pub async fn audience_watchers(&self, user: UserId) -> Result<Vec<DeviceId>, ControlError> {
+        let per_user = usize::try_from(self.limits.devices_per_user_max).unwrap_or(usize::MAX);
+        let mut devices: Vec<DeviceId> = Vec::new();
+        let mut users = vec![user];
+        users.extend(
+            self.store
+                .friends(user, self.limits.list_max)
+                .await?
+                .into_iter()
+                .map(|friend| friend.id),
+        );
+        for user in users {
+            devices.extend(
+                self.store
+                    .devices_of(user, per_user)
+                    .await?
+                    .into_iter()
+                    .filter(|d| d.revoked_at_ms.is_none())
+                    .map(|d| d.id),
+            );
+        }
+        Ok(devices)
     }
 
     // -----------------------------------------------------------------------------------------

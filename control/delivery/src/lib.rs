@@ -37,8 +37,8 @@ use dp_core::ConversationId;
 use dp_core::{DeviceId, MessageId};
 use dp_io::ControlPort;
 use dp_shard::{
-    ControlEvent, ControlRequest, ConversationAnswer, ConversationInfo, Envelope, Member, Origin,
-    ShardId,
+    AudienceAnswer, ControlEvent, ControlRequest, ConversationAnswer, ConversationInfo, Envelope,
+    Member, Origin, ShardId,
 };
 use std::collections::{HashMap, HashSet, VecDeque};
 use tokio::sync::{mpsc, watch};
@@ -187,6 +187,7 @@ pub async fn run(
             Some(ControlCommand::ConversationChanged(conversation)) => {
                 delivery.conversation_changed(conversation);
             }
+            Some(ControlCommand::AudienceChanged(user)) => delivery.audience_changed(user).await,
             None => {}
         }
     }
@@ -291,6 +292,18 @@ impl Delivery {
                     answer,
                 };
                 self.port.send(from, answer);
+            }
+            ControlRequest::LookupAudience { device } => {
+                let answer = match self.control.presence_audience(device).await {
+                    Ok(Some(devices)) => AudienceAnswer::Found(devices),
+                    Ok(None) => AudienceAnswer::NotFound,
+                    Err(error) => {
+                        eprintln!("control: audience lookup failed: {error}");
+                        AudienceAnswer::Unavailable
+                    }
+                };
+                self.port
+                    .send(from, ControlEvent::Audience { device, answer });
             }
             ControlRequest::Acknowledged { device, messages } => {
                 for chunk in messages.chunks(control_store::ACK_IDS_MAX) {
@@ -477,6 +490,25 @@ impl Delivery {
             let shard = ShardId(u16::try_from(shard).unwrap_or(u16::MAX));
             self.port
                 .send(shard, ControlEvent::ConversationChanged { conversation });
+        }
+    }
+
+    /// Every shard forgets the presence audiences of the user's devices and its friends'
+    /// (each device's audience is cached on its home shard).
+    async fn audience_changed(&mut self, user: control_core::UserId) {
+        let devices = match self.control.audience_watchers(user).await {
+            Ok(devices) => devices,
+            Err(error) => {
+                // The shards' cache expiry bounds how long the old audience hears presence.
+                eprintln!("control: audience change lookup failed: {error}");
+                return;
+            }
+        };
+        for shard in 0..self.port.shard_count() {
+            let shard = ShardId(u16::try_from(shard).unwrap_or(u16::MAX));
+            let devices = devices.clone();
+            self.port
+                .send(shard, ControlEvent::AudienceChanged { devices });
         }
     }
 

@@ -10,7 +10,8 @@ use crate::link::{ControlLinks, Doorbell, WAKER};
 use core::time::Duration;
 use dp_core::{ConversationId, DeviceId, MessageId};
 use dp_shard::{
-    ControlEvent, ControlRequest, ConversationAnswer, ConversationInfo, Envelope, Member, ShardId,
+    AudienceAnswer, ControlEvent, ControlRequest, ConversationAnswer, ConversationInfo, Envelope,
+    Member, ShardId,
 };
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -109,6 +110,143 @@ impl Conversations {
     }
 }
 
+/// Accounts the in-memory control keeps.
+pub const ACCOUNTS_DEFINED_MAX: usize = 1 << 16;
+/// Devices per account in the in-memory control.
+pub const ACCOUNT_DEVICES_MAX: usize = 64;
+/// Friends per account in the in-memory control.
+pub const FRIENDS_MAX: usize = 1024;
+
+/// The in-memory control's accounts and friendships, for presence (docs/design/0016): a
+/// handle from [`Server::friendships`](crate::Server::friendships). A device's audience is its
+/// account's other devices and every device of a friend; each change reaches every shard as
+/// `AudienceChanged`.
+#[derive(Clone)]
+pub struct Friendships {
+    inner: Arc<Mutex<Accounts>>,
+    bell: Doorbell,
+}
+
+#[derive(Default)]
+struct Accounts {
+    devices: BTreeMap<u64, Vec<DeviceId>>,
+    friends: BTreeMap<u64, BTreeSet<u64>>,
+    changed: Vec<DeviceId>,
+}
+
+impl Accounts {
+    fn touch(&mut self, account: u64) {
+        if let Some(devices) = self.devices.get(&account) {
+            for &device in devices {
+                if self.changed.len() < ACCOUNTS_DEFINED_MAX {
+                    self.changed.push(device);
+                }
+            }
+        }
+    }
+}
+
+impl core::fmt::Debug for Friendships {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Friendships").finish_non_exhaustive()
+    }
+}
+
+impl Friendships {
+    pub(crate) fn new(bell: Doorbell) -> Self {
+        Self {
+            inner: Arc::new(Mutex::new(Accounts::default())),
+            bell,
+        }
+    }
+
+    fn change(&self, f: impl FnOnce(&mut Accounts) -> bool) -> bool {
+        let done = f(&mut self.inner.lock().unwrap_or_else(PoisonError::into_inner));
+        self.bell.ring();
+        done
+    }
+
+    /// Sets account `account`'s devices (at most [`ACCOUNT_DEVICES_MAX`]). False when it is
+    /// new and [`ACCOUNTS_DEFINED_MAX`] are defined, or lists too many.
+    pub fn set_account(&self, account: u64, devices: &[DeviceId]) -> bool {
+        self.change(|a| {
+            if devices.len() > ACCOUNT_DEVICES_MAX
+                || (!a.devices.contains_key(&account) && a.devices.len() >= ACCOUNTS_DEFINED_MAX)
+            {
+                return false;
+            }
+            a.touch(account);
+            a.devices.insert(account, devices.to_vec());
+            a.touch(account);
+            let friends: Vec<u64> = a
+                .friends
+                .get(&account)
+                .into_iter()
+                .flatten()
+                .copied()
+                .collect();
+            for friend in friends {
+                a.touch(friend);
+            }
+            true
+        })
+    }
+
+    /// Makes accounts `a` and `b` friends (false past [`FRIENDS_MAX`]).
+    pub fn befriend(&self, a: u64, b: u64) -> bool {
+        self.change(|accounts| {
+            let full = |x: u64| {
+                accounts
+                    .friends
+                    .get(&x)
+                    .is_some_and(|f| f.len() >= FRIENDS_MAX)
+            };
+            if a == b || full(a) || full(b) {
+                return false;
+            }
+            accounts.friends.entry(a).or_default().insert(b);
+            accounts.friends.entry(b).or_default().insert(a);
+            accounts.touch(a);
+            accounts.touch(b);
+            true
+        })
+    }
+
+    /// Ends the friendship of accounts `a` and `b`.
+    pub fn unfriend(&self, a: u64, b: u64) {
+        self.change(|accounts| {
+            if let Some(f) = accounts.friends.get_mut(&a) {
+                f.remove(&b);
+            }
+            if let Some(f) = accounts.friends.get_mut(&b) {
+                f.remove(&a);
+            }
+            accounts.touch(a);
+            accounts.touch(b);
+            true
+        });
+    }
+
+    /// The device's audience, or `None` if no account lists it.
+    fn audience(&self, device: DeviceId) -> Option<Vec<DeviceId>> {
+        let accounts = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        let (&account, own) = accounts
+            .devices
+            .iter()
+            .find(|(_, devices)| devices.contains(&device))?;
+        let mut audience: Vec<DeviceId> = own.iter().copied().filter(|&d| d != device).collect();
+        for friend in accounts.friends.get(&account).into_iter().flatten() {
+            audience.extend(accounts.devices.get(friend).into_iter().flatten().copied());
+        }
+        Some(audience)
+    }
+
+    fn take_changed(&self) -> Vec<DeviceId> {
+        let mut accounts = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        core::mem::take(&mut accounts.changed)
+    }
+}
+
 /// A device with a live session.
 struct Online {
     shard: ShardId,
@@ -125,6 +263,7 @@ struct Control {
     online: BTreeMap<DeviceId, Online>,
     links: ControlLinks,
     conversations: Conversations,
+    friendships: Friendships,
     /// The next sequence number to hand out per conversation.
     seq_next: BTreeMap<ConversationId, u64>,
 }
@@ -134,12 +273,14 @@ pub(crate) fn run(
     links: ControlLinks,
     stop: Arc<AtomicBool>,
     conversations: Conversations,
+    friendships: Friendships,
 ) {
     let mut control = Control {
         stored: Vec::new(),
         online: BTreeMap::new(),
         links,
         conversations,
+        friendships,
         seq_next: BTreeMap::new(),
     };
     let mut events = mio::Events::with_capacity(16);
@@ -162,6 +303,15 @@ pub(crate) fn run(
             for shard in 0..control.links.to_shards.len() {
                 let shard = ShardId(u16::try_from(shard).unwrap_or(u16::MAX));
                 control.send(shard, ControlEvent::ConversationChanged { conversation });
+            }
+        }
+        let changed = control.friendships.take_changed();
+        if !changed.is_empty() {
+            busy = true;
+            for shard in 0..control.links.to_shards.len() {
+                let shard = ShardId(u16::try_from(shard).unwrap_or(u16::MAX));
+                let devices = changed.clone();
+                control.send(shard, ControlEvent::AudienceChanged { devices });
             }
         }
         if last_retry.elapsed() >= RETRY_INTERVAL {
@@ -240,6 +390,13 @@ impl Control {
                     answer,
                 };
                 self.send(from, answer);
+            }
+            ControlRequest::LookupAudience { device } => {
+                let answer = match self.friendships.audience(device) {
+                    Some(devices) => AudienceAnswer::Found(devices),
+                    None => AudienceAnswer::NotFound,
+                };
+                self.send(from, ControlEvent::Audience { device, answer });
             }
             ControlRequest::Acknowledged { device, messages } => {
                 self.stored

@@ -41,7 +41,10 @@ mod shard;
 mod uring;
 
 pub use backend::{Backend, StartError, UringUnavailable, probe_uring};
-pub use control::{CONVERSATIONS_DEFINED_MAX, Conversations};
+pub use control::{
+    ACCOUNT_DEVICES_MAX, ACCOUNTS_DEFINED_MAX, CONVERSATIONS_DEFINED_MAX, Conversations,
+    FRIENDS_MAX, Friendships,
+};
 pub use port::ControlPort;
 
 use core::net::SocketAddr;
@@ -170,6 +173,8 @@ pub struct Server {
     fallback: Option<UringUnavailable>,
     /// The in-memory control's conversations (none with another control side).
     conversations: Option<Conversations>,
+    /// The in-memory control's accounts and friendships (none with another control side).
+    friendships: Option<Friendships>,
 }
 
 impl Server {
@@ -246,11 +251,15 @@ impl Server {
         match (side, control_poll, control_bell) {
             (ControlSide::InMemory, Some(poll), bell) => {
                 let stop = Arc::clone(&server.stop);
+                let friendships = Friendships::new(bell.clone());
+                server.friendships = Some(friendships.clone());
                 let conversations = Conversations::new(bell);
                 server.conversations = Some(conversations.clone());
                 let thread = std::thread::Builder::new()
                     .name("commucat-control".into())
-                    .spawn(move || control::run(poll, control_links, stop, conversations))?;
+                    .spawn(move || {
+                        control::run(poll, control_links, stop, conversations, friendships)
+                    })?;
                 server.threads.push(thread);
             }
             (ControlSide::Attach(attach), _, Doorbell::Task(bell)) => {
@@ -334,6 +343,7 @@ impl Server {
             backend: Backend::Epoll,
             fallback: None,
             conversations: None,
+            friendships: None,
         };
         Ok((server, control_links))
     }
@@ -366,6 +376,7 @@ impl Server {
             backend: Backend::Uring,
             fallback: None,
             conversations: None,
+            friendships: None,
         };
         let cpus = backend::allowed_cpus();
         let (ready_tx, ready) = std::sync::mpsc::channel();
@@ -415,6 +426,12 @@ impl Server {
     /// and benchmarks; `None` with another control side (which keeps its own).
     pub fn conversations(&self) -> Option<&Conversations> {
         self.conversations.as_ref()
+    }
+
+    /// The accounts and friendships of the in-memory control of [`Server::start`], for
+    /// presence in tests; `None` with another control side.
+    pub fn friendships(&self) -> Option<&Friendships> {
+        self.friendships.as_ref()
     }
 
     /// Where the server listens.

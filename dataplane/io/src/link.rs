@@ -232,6 +232,15 @@ impl ShardLinks {
                             shard.handle_refused(envelope);
                         }
                     }
+                    ShardMessage::Presence(batch) => {
+                        // Best effort: a full link drops it (counted), never blocks.
+                        let message = PeerMsg::Message(ShardMessage::Presence(batch));
+                        if let Err(PeerMsg::Message(ShardMessage::Presence(batch))) =
+                            target.try_send(message)
+                        {
+                            shard.handle_presence_refused(batch);
+                        }
+                    }
                     message => target.send(PeerMsg::Message(message)),
                 }
             }

@@ -166,6 +166,30 @@ const FIELDS: &[Field] = &[
         |s, _| s.signals_dropped,
     ),
     (
+        "commucat_presence_in_total",
+        "PresenceSet frames received.",
+        Kind::Counter,
+        |s, _| s.presence_in,
+    ),
+    (
+        "commucat_presence_out_total",
+        "Presence frames written to sessions.",
+        Kind::Counter,
+        |s, _| s.presence_out,
+    ),
+    (
+        "commucat_presence_dropped_total",
+        "Presence updates dropped (best effort).",
+        Kind::Counter,
+        |s, _| s.presence_dropped,
+    ),
+    (
+        "commucat_audience_lookups_total",
+        "Presence audience lookups sent to control.",
+        Kind::Counter,
+        |s, _| s.audience_lookups,
+    ),
+    (
         "commucat_link_shed_total",
         "Link messages shed because a backlog was full.",
         Kind::Counter,

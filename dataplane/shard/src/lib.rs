@@ -34,6 +34,7 @@
 
 mod conn;
 mod conversation;
+mod presence;
 mod route;
 mod timers;
 
@@ -43,6 +44,10 @@ pub use conversation::{
     CONVERSATIONS_CACHED_MAX, ConversationAnswer, ConversationInfo, FANOUTS_MAX,
     MEMBER_DEVICES_MAX, Member, REFRESH_AHEAD_AGE, REFRESH_AHEAD_FRACTION, REFRESH_AHEAD_INTERVAL,
     SENDS_WAITING_PER_CONVERSATION_MAX, conversation_home,
+};
+pub use presence::{
+    AUDIENCE_CACHE_TTL, AUDIENCE_DEVICES_MAX, AUDIENCE_LOOKUPS_MAX, AUDIENCES_CACHED_MAX,
+    AudienceAnswer, CACHED_AUDIENCE_DEVICES_MAX, PresenceBatch,
 };
 pub use route::{Envelope, Origin, home_shard};
 
@@ -194,6 +199,10 @@ pub enum ShardMessage {
         /// Why.
         code: ErrorCode,
     },
+    /// A presence update for devices homed on the receiving shard (best effort: the IO layer
+    /// drops it when the link is full and tells the sender through
+    /// [`Shard::handle_presence_refused`]).
+    Presence(Box<PresenceBatch>),
 }
 
 /// Requests from a shard to control.
@@ -230,6 +239,12 @@ pub enum ControlRequest {
     LookupConversation {
         /// The conversation.
         conversation: ConversationId,
+    },
+    /// Who hears this device's presence: answer with [`ControlEvent::Audience`] to the asking
+    /// shard (the device's home).
+    LookupAudience {
+        /// The device.
+        device: DeviceId,
     },
 }
 
@@ -322,6 +337,19 @@ pub enum ControlEvent {
         /// The conversation.
         conversation: ConversationId,
     },
+    /// The answer to [`ControlRequest::LookupAudience`].
+    Audience {
+        /// The device.
+        device: DeviceId,
+        /// Its audience, or why not.
+        answer: AudienceAnswer,
+    },
+    /// These devices' presence audiences changed (a friendship began or ended, a device was
+    /// added or revoked): forget what is cached of them and ask again on their next update.
+    AudienceChanged {
+        /// The devices.
+        devices: Vec<DeviceId>,
+    },
 }
 
 /// Counters a shard publishes.
@@ -370,6 +398,15 @@ pub struct ShardStats {
     pub signals_forwarded: u64,
     /// Typing indicators and receipts dropped (a full queue, a lookup limit, no member).
     pub signals_dropped: u64,
+    /// `PresenceSet` frames received.
+    pub presence_in: u64,
+    /// `Presence` frames written to sessions.
+    pub presence_out: u64,
+    /// Presence updates dropped (a full session queue or shard link, a lookup limit, an
+    /// audience control could not tell).
+    pub presence_dropped: u64,
+    /// Audience lookups sent to control.
+    pub audience_lookups: u64,
 }
 
 /// A device's live session on its home shard.
@@ -385,6 +422,9 @@ pub(crate) struct Online {
     /// Which session this is (never 0), so a refused `Store` is uncounted only from the
     /// session that counted it.
     pub(crate) epoch: u64,
+    /// The device set a presence other than `Offline`: its audience hears `Offline` when the
+    /// session ends.
+    pub(crate) announced: bool,
 }
 
 /// One shard. See the crate documentation for how to drive it.
@@ -416,6 +456,8 @@ pub struct Shard<R: Rng> {
     timers: timers::Timers,
     /// Conversations homed here: cached membership, lookups, fan-outs.
     conversations: conversation::Table,
+    /// Presence audiences of devices homed here.
+    presence: presence::Table,
 }
 
 impl<R: Rng> core::fmt::Debug for Shard<R> {
@@ -448,6 +490,7 @@ impl<R: Rng> Shard<R> {
             epochs: 0,
             timers: timers::Timers::default(),
             conversations: conversation::Table::default(),
+            presence: presence::Table::default(),
         }
     }
 
@@ -617,9 +660,12 @@ impl<R: Rng> Shard<R> {
     /// The device said Hello: its session is ready for deliveries (so `Welcome` is always the
     /// first frame a client reads). A newer session of the same device replaces the older one.
     pub(crate) fn session_opened(&mut self, id: ConnId, device: DeviceId) {
-        if let Some(old) = self.online.get(&device).map(|online| online.conn)
-            && old != id
+        if let Some(online) = self.online.get_mut(&device)
+            && online.conn != id
         {
+            let old = online.conn;
+            // Replaced, not gone: the audience hears no `Offline`.
+            online.announced = false;
             // Its envelopes in flight are stored (uncounted) and control hears it went away
             // before it hears of the new session.
             self.close(old, CloseReason::Protocol(ErrorCode::CONFLICT));
@@ -630,6 +676,7 @@ impl<R: Rng> Shard<R> {
             backlog: true,
             stores: 0,
             epoch: self.epochs,
+            announced: false,
         };
         self.online.insert(device, online);
         self.events
@@ -772,19 +819,22 @@ impl<R: Rng> Shard<R> {
             let inflight = core::mem::take(&mut conn.inflight);
             route::store_inflight(self, inflight.into_iter());
             if let ConnState::Established(session) = conn.state {
-                self.go_offline(id, session.device);
+                self.go_offline(id, session.device, conn.last_rx);
             }
         }
     }
 
     /// If `id` is `device`'s live session, the device is offline now: tell control.
-    fn go_offline(&mut self, id: ConnId, device: DeviceId) {
+    /// `last_rx` is when it was last heard from.
+    fn go_offline(&mut self, id: ConnId, device: DeviceId, last_rx: Instant) {
         if self
             .online
             .get(&device)
             .is_some_and(|online| online.conn == id)
         {
-            self.online.remove(&device);
+            if self.online.remove(&device).is_some_and(|o| o.announced) {
+                presence::went_offline(self, device, self.unix_ms(last_rx));
+            }
             self.events
                 .push_back(ShardEvent::ToControl(ControlRequest::SessionClosed {
                     device,
@@ -808,9 +858,10 @@ impl<R: Rng> Shard<R> {
                 ConnState::Established(session) => Some(session.device),
                 ConnState::Handshaking => None,
             };
+            let last_rx = conn.last_rx;
             let inflight = core::mem::take(&mut conn.inflight);
             if let Some(device) = device {
-                self.go_offline(id, device);
+                self.go_offline(id, device, last_rx);
             }
             // Store what it held before anything newer (order per sender is kept).
             self.events
@@ -884,6 +935,7 @@ impl<R: Rng> Shard<R> {
                 code,
             } => conversation::rejected(self, origin, conversation, code),
             ShardMessage::Spare(envelope) => route::recycle(self, envelope),
+            ShardMessage::Presence(batch) => presence::from_shard(self, &batch),
         }
     }
 
@@ -897,6 +949,10 @@ impl<R: Rng> Shard<R> {
             ControlEvent::ConversationChanged { conversation } => {
                 conversation::changed(self, conversation);
             }
+            ControlEvent::Audience { device, answer } => {
+                presence::answered(self, now, device, answer);
+            }
+            ControlEvent::AudienceChanged { devices } => presence::changed(self, &devices),
             ControlEvent::Stored { origin, message } => {
                 route::acknowledge(self, origin, message, SendStatus::Stored, None);
             }
@@ -920,6 +976,7 @@ impl<R: Rng> Shard<R> {
             }
             ControlEvent::Revoke { device } => {
                 conversation::device_revoked(self, device);
+                presence::device_revoked(self, device);
                 if let Some(online) = self.online.get(&device) {
                     let conn = online.conn;
                     self.send_error(conn, ErrorCode::DEVICE_REVOKED, 0);
@@ -947,6 +1004,18 @@ impl<R: Rng> Shard<R> {
     pub fn handle_refused(&mut self, envelope: Box<Envelope>) {
         route::refuse(self, &envelope);
         route::recycle(self, envelope);
+    }
+
+    /// The IO layer had no room on the shard link for this presence batch: it is dropped and
+    /// counted.
+    pub fn handle_presence_refused(&mut self, batch: Box<PresenceBatch>) {
+        self.stats.presence_dropped += 1;
+        drop(batch);
+    }
+
+    /// Devices whose presence audience this shard has cached.
+    pub fn audiences_cached(&self) -> usize {
+        self.presence.cached_len()
     }
 
     /// Conversations whose membership this shard has cached.

@@ -305,6 +305,7 @@ pub(crate) fn handle_frame<R: Rng>(
                     operation,
                 ))));
         }
+        Frame::PresenceSet(set) => crate::presence::set(shard, now, device, set.state),
         _ => shard.send_error(id, ErrorCode::UNEXPECTED_FRAME, 0),
     }
 }

@@ -47,6 +47,8 @@ pub enum Got {
     Typing(DeviceId, u64, bool),
     /// ReceiptFrom: device, conversation, messages.
     Receipt(DeviceId, u64, Vec<MessageId>),
+    /// Presence: device, state, last seen (ms).
+    Presence(DeviceId, dp_proto::PresenceState, u64),
 }
 
 pub struct Client {
@@ -121,6 +123,10 @@ pub struct World {
     pub seq_block: u64,
     /// Control answers lookups `Unavailable` (its store is down).
     pub lookups_fail: bool,
+    /// The stand-in control's presence audiences per device.
+    pub audiences: BTreeMap<DeviceId, Vec<DeviceId>>,
+    /// Audience lookups control answered.
+    pub audience_lookups: u64,
 }
 
 use dp_noise::StreamSession;
@@ -174,6 +180,8 @@ impl World {
             lookups: 0,
             seq_block: SEQ_BLOCK,
             lookups_fail: false,
+            audiences: BTreeMap::new(),
+            audience_lookups: 0,
         }
     }
 
@@ -319,6 +327,35 @@ impl World {
             },
         );
         self.pump();
+    }
+
+    /// Sets (or replaces) client `c`'s presence audience at control, and tells every shard
+    /// it changed.
+    pub fn set_audience(&mut self, c: usize, audience: &[usize]) {
+        let devices = audience.iter().map(|&a| self.device(a)).collect();
+        let device = self.device(c);
+        self.audiences.insert(device, devices);
+        for shard in 0..SHARDS {
+            self.control_to_shard(
+                shard,
+                ControlEvent::AudienceChanged {
+                    devices: vec![device],
+                },
+            );
+        }
+        self.pump();
+    }
+
+    /// Client `c`'s `Presence` frames received.
+    pub fn presences(&self, c: usize) -> Vec<(DeviceId, dp_proto::PresenceState)> {
+        self.clients[c]
+            .got
+            .iter()
+            .filter_map(|g| match g {
+                Got::Presence(d, state, _) => Some((*d, *state)),
+                _ => None,
+            })
+            .collect()
     }
 
     pub fn send_to_conversation(
@@ -546,6 +583,16 @@ impl World {
                 entry.session = None;
                 entry.draining.clear();
             }
+            ControlRequest::LookupAudience { device } => {
+                self.audience_lookups += 1;
+                let answer = match self.audiences.get(&device) {
+                    _ if self.lookups_fail => dp_shard::AudienceAnswer::Unavailable,
+                    Some(devices) => dp_shard::AudienceAnswer::Found(devices.clone()),
+                    None => dp_shard::AudienceAnswer::NotFound,
+                };
+                let shard = u16::try_from(s).unwrap();
+                self.control_to_shard(shard, ControlEvent::Audience { device, answer });
+            }
             ControlRequest::LookupConversation { conversation } => {
                 self.lookups += 1;
                 let answer = match self.conversations.get(&conversation.0) {
@@ -699,6 +746,7 @@ impl World {
                     Frame::ReceiptFrom(r) => {
                         Got::Receipt(r.from, r.conversation.0, r.messages.iter().collect())
                     }
+                    Frame::Presence(p) => Got::Presence(p.device, p.state, p.last_seen_ms),
                     other => panic!("unexpected {other:?}"),
                 });
             }
