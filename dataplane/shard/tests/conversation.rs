@@ -340,9 +340,9 @@ fn control_unavailable_or_too_many_waiting_means_retry() {
     let extra = 6;
     let n = dp_shard::SENDS_WAITING_PER_CONVERSATION_MAX + extra;
     for i in 0..n {
-        let frame = Frame::Send(dp_proto::SendFrame {
+        let frame = Frame::Send(SendFrame {
             message: MessageId([i as u8 + 10; 16]),
-            recipient: dp_proto::Recipient::Conversation(ConversationId(conv)),
+            recipient: Recipient::Conversation(ConversationId(conv)),
             body: b"burst",
         });
         w.send_raw(a, &frame);
