@@ -1,7 +1,7 @@
 //! `commucat client ...`: the command-line client (a subcommand of the one `commucat` binary,
 //! see docs/design/0015-cli-client.md). One profile directory per device
 //! ([`profile`]); the REST API through `commucat_client::api`; messages over the Noise session;
-//! every body through the [`content::Sealer`] seam.
+//! every body end-to-end encrypted through [`content`] (Olm per device, Megolm per group).
 //!
 //! Output: human-readable lines by default; with `--json` one JSON object per result or
 //! message on stdout. Errors: one line on stderr saying what went wrong and what to do (and
