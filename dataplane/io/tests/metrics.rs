@@ -3,29 +3,13 @@
 //! connections show (the shards publish once per loop iteration).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
+use common::{scrape, total, wait_for};
 use dp_core::SeededRng;
 use dp_io::{Server, ServerConfig};
 use dp_noise::StaticKeypair;
-use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::time::Duration;
-
-fn scrape(addr: std::net::SocketAddr, path: &str) -> String {
-    let mut stream = TcpStream::connect(addr).unwrap();
-    stream
-        .write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes())
-        .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    response
-}
-
-fn accepted_total(text: &str) -> u64 {
-    text.lines()
-        .filter(|line| line.starts_with("commucat_conns_accepted_total{"))
-        .map(|line| line.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
-        .sum()
-}
 
 #[test]
 fn shard_counters_are_served_as_prometheus_text() {
@@ -38,17 +22,12 @@ fn shard_counters_are_served_as_prometheus_text() {
 
     let _a = TcpStream::connect(server.local_addr()).unwrap();
     let _b = TcpStream::connect(server.local_addr()).unwrap();
-    let mut text = String::new();
-    for _ in 0..100 {
-        text = scrape(metrics, "/metrics");
-        if accepted_total(&text) == 2 {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let accepted = wait_for(metrics, "commucat_conns_accepted_total", |n| n == 2);
+    assert_eq!(accepted, 2);
+    let text = scrape(metrics, "/metrics");
     assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
     assert!(text.contains("content-type: text/plain; version=0.0.4"));
-    assert_eq!(accepted_total(&text), 2, "{text}");
+    assert_eq!(total(&text, "commucat_conns_accepted_total"), 2, "{text}");
     assert!(text.contains("commucat_conns{shard=\"1\"}"));
 
     let missing = scrape(metrics, "/admin");

@@ -9,14 +9,15 @@
 //! deadline, so a failure fails, never hangs. The scenarios run once per backend.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
+use common::{scrape, total, wait_for};
 use commucat_client::{Client, ConnectionConfig, Event, QuicClient};
 use core::time::Duration;
 use dp_core::{DeviceId, MessageId, SeededRng};
 use dp_io::{Backend, Server, ServerConfig};
 use dp_noise::{Cipher, Pattern, StaticKeypair, Suite};
 use dp_proto::{ErrorCode, Recipient, SendStatus};
-use std::io::{Read, Write};
-use std::net::TcpStream;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Got {
@@ -94,38 +95,6 @@ fn config(backend: Backend) -> (ServerConfig, [u8; 32], SeededRng) {
     (config, *key.public(), rng)
 }
 
-fn scrape(addr: std::net::SocketAddr) -> String {
-    let mut stream = TcpStream::connect(addr).unwrap();
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n")
-        .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    response
-}
-
-/// The sum over shards of a series.
-fn total(text: &str, name: &str) -> u64 {
-    let prefix = format!("{name}{{");
-    text.lines()
-        .filter(|line| line.starts_with(&prefix))
-        .map(|line| line.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
-        .sum()
-}
-
-/// Scrapes until `name` reaches `want` (the shards publish once per loop turn).
-fn wait_for(server: &Server, name: &str, want: impl Fn(u64) -> bool) -> u64 {
-    let mut value = 0;
-    for _ in 0..200 {
-        value = total(&scrape(server.metrics_addr().unwrap()), name);
-        if want(value) {
-            return value;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    value
-}
-
 /// Sends from `from` to `to` and checks the delivery and the acknowledgement.
 fn relay(devices: &mut [Device], from: usize, to: usize, id: u8) {
     let target = devices[to].device();
@@ -187,13 +156,17 @@ fn quic_and_tcp_clients_relay_across_shards_and_shutdown_says_goaway(backend: Ba
         let (config, client_rng) = client_config(&public, &key);
         let client = QuicClient::connect(quic_addr, config, client_rng).unwrap();
         devices.push(Device::Quic(Box::new(client)));
-        relayed = wait_for(&server, "commucat_quic_relayed_total", |_| true);
+        relayed = wait_for(
+            server.metrics_addr().unwrap(),
+            "commucat_quic_relayed_total",
+            |_| true,
+        );
         if relayed > 0 && devices.len() >= 3 {
             break;
         }
     }
     assert!(relayed > 0, "no QUIC session was relayed to its home shard");
-    let quic_conns = wait_for(&server, "commucat_quic_conns", |n| {
+    let quic_conns = wait_for(server.metrics_addr().unwrap(), "commucat_quic_conns", |n| {
         n == devices.len() as u64 - 1
     });
     assert_eq!(quic_conns, devices.len() as u64 - 1);
@@ -210,7 +183,7 @@ fn quic_and_tcp_clients_relay_across_shards_and_shutdown_says_goaway(backend: Ba
     relay(&mut devices, 2, 1, 201);
     assert!(
         total(
-            &scrape(server.metrics_addr().unwrap()),
+            &scrape(server.metrics_addr().unwrap(), "/metrics"),
             "commucat_quic_datagrams_in_total"
         ) > 0
     );
@@ -250,14 +223,25 @@ fn a_quic_client_that_goes_away_ends_its_session(backend: Backend) {
         let (config, client_rng) = client_config(&public, &key);
         clients.push(QuicClient::connect(quic_addr, config, client_rng).unwrap());
     }
-    assert_eq!(wait_for(&server, "commucat_sessions", |n| n == 4), 4);
+    assert_eq!(
+        wait_for(server.metrics_addr().unwrap(), "commucat_sessions", |n| n
+            == 4),
+        4
+    );
     // Some of these are relayed (their sessions live on the other shard): closing them has
     // to reach the home shard too.
     for client in clients.drain(..3) {
         client.abort();
     }
-    assert_eq!(wait_for(&server, "commucat_sessions", |n| n == 1), 1);
-    assert_eq!(wait_for(&server, "commucat_conns", |n| n == 1), 1);
+    assert_eq!(
+        wait_for(server.metrics_addr().unwrap(), "commucat_sessions", |n| n
+            == 1),
+        1
+    );
+    assert_eq!(
+        wait_for(server.metrics_addr().unwrap(), "commucat_conns", |n| n == 1),
+        1
+    );
     server.shutdown();
 }
 
@@ -270,7 +254,11 @@ fn an_idle_quic_session_is_closed_as_on_tcp(backend: Backend) {
     client_config.keepalive = None;
     let mut client = QuicClient::connect(server.quic_addr().unwrap(), client_config, client_rng)
         .expect("connects");
-    assert_eq!(wait_for(&server, "commucat_sessions", |n| n == 1), 1);
+    assert_eq!(
+        wait_for(server.metrics_addr().unwrap(), "commucat_sessions", |n| n
+            == 1),
+        1
+    );
     // Nothing is sent: the server closes the session (and its QUIC connection) at its idle
     // timeout, and the client hears the end.
     loop {
@@ -283,8 +271,16 @@ fn an_idle_quic_session_is_closed_as_on_tcp(backend: Backend) {
             Err(error) => panic!("ended by {error}, not by the server"),
         }
     }
-    assert_eq!(wait_for(&server, "commucat_sessions", |n| n == 0), 0);
-    assert_eq!(wait_for(&server, "commucat_quic_conns", |n| n == 0), 0);
+    assert_eq!(
+        wait_for(server.metrics_addr().unwrap(), "commucat_sessions", |n| n
+            == 0),
+        0
+    );
+    assert_eq!(
+        wait_for(server.metrics_addr().unwrap(), "commucat_quic_conns", |n| n
+            == 0),
+        0
+    );
     server.shutdown();
 }
 
@@ -310,7 +306,11 @@ fn large_envelopes_reach_a_quic_client_in_gso_batches(backend: Backend) {
     for (message, body) in sent {
         assert_eq!(devices[1].next(), Got::Deliver(message, sender, body));
     }
-    let batches = wait_for(&server, "commucat_quic_gso_batches_total", |n| n > 0);
+    let batches = wait_for(
+        server.metrics_addr().unwrap(),
+        "commucat_quic_gso_batches_total",
+        |n| n > 0,
+    );
     assert!(batches > 0, "no datagram batch went out as one sendmsg");
     server.shutdown();
 }
