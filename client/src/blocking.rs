@@ -117,6 +117,110 @@ impl From<ClientError> for Error {
 /// Bytes read per `read` call.
 const READ_CHUNK: usize = 64 * 1024;
 
+/// The session commands of a blocking driver (`Client`, `QuicClient`): each queues on the
+/// driver's `conn` with the time of its `clock`, then writes with its `flush`.
+macro_rules! session_commands {
+    () => {
+        /// Sends `body` to `recipient` under a fresh random message id, which it returns.
+        ///
+        /// # Errors
+        ///
+        /// The connection is closed or the socket failed.
+        pub fn send(&mut self, recipient: Recipient, body: &[u8]) -> Result<MessageId, Error> {
+            let id = self.conn.new_message_id();
+            self.send_with_id(id, recipient, body)?;
+            Ok(id)
+        }
+
+        /// Sends `body` to `recipient` under the id `message`.
+        ///
+        /// # Errors
+        ///
+        /// The connection is closed or the socket failed.
+        pub fn send_with_id(
+            &mut self,
+            message: MessageId,
+            recipient: Recipient,
+            body: &[u8],
+        ) -> Result<(), Error> {
+            self.conn.send(self.clock.now(), message, recipient, body)?;
+            self.flush()
+        }
+
+        /// Sends a `Ping`; the answer arrives as [`Event::Pong`].
+        ///
+        /// # Errors
+        ///
+        /// The connection is closed or the socket failed.
+        pub fn ping(&mut self, nonce: u64) -> Result<(), Error> {
+            self.conn.ping(self.clock.now(), nonce)?;
+            self.flush()
+        }
+
+        /// Sends a control operation (`Request`); its answer arrives as [`Event::Response`].
+        ///
+        /// # Errors
+        ///
+        /// The connection is closed, or the socket failed.
+        pub fn request(&mut self, request_id: u32, op: u16, body: &[u8]) -> Result<(), Error> {
+            self.conn.request(self.clock.now(), request_id, op, body)?;
+            self.flush()
+        }
+
+        /// Acknowledges a delivery the application has stored (see
+        /// [`crate::AckMode::Application`]); the `DeliveryAck` goes out with the next write.
+        ///
+        /// # Errors
+        ///
+        /// The connection is closed or the socket failed.
+        pub fn ack(&mut self, message: MessageId) -> Result<(), Error> {
+            self.conn.ack(self.clock.now(), message)?;
+            self.flush()
+        }
+
+        /// Sends a typing indicator for `conversation`.
+        ///
+        /// # Errors
+        ///
+        /// The connection is closed or the socket failed.
+        pub fn typing(
+            &mut self,
+            conversation: ConversationId,
+            state: TypingState,
+        ) -> Result<(), Error> {
+            self.conn.typing(self.clock.now(), conversation, state)?;
+            self.flush()
+        }
+
+        /// Sends delivered or read receipts for `messages` of `conversation`.
+        ///
+        /// # Errors
+        ///
+        /// The connection is closed or the socket failed.
+        pub fn receipt(
+            &mut self,
+            conversation: ConversationId,
+            kind: ReceiptKind,
+            messages: &[MessageId],
+        ) -> Result<(), Error> {
+            self.conn
+                .receipt(self.clock.now(), conversation, kind, messages)?;
+            self.flush()
+        }
+
+        /// Sets this device's presence.
+        ///
+        /// # Errors
+        ///
+        /// The connection is closed or the socket failed.
+        pub fn set_presence(&mut self, state: PresenceState) -> Result<(), Error> {
+            self.conn.set_presence(self.clock.now(), state)?;
+            self.flush()
+        }
+    };
+}
+pub(crate) use session_commands;
+
 /// A connected client: a [`Connection`] driven over a blocking [`TcpStream`].
 ///
 /// [`Client::connect`] returns once `Welcome` has arrived. Sending queues and writes at once;
@@ -212,102 +316,7 @@ impl<R: Rng> Client<R> {
         self.clock
     }
 
-    /// Sends `body` to `recipient` under a fresh random message id, which it returns.
-    ///
-    /// # Errors
-    ///
-    /// The connection is closed or the socket failed.
-    pub fn send(&mut self, recipient: Recipient, body: &[u8]) -> Result<MessageId, Error> {
-        let id = self.conn.new_message_id();
-        self.send_with_id(id, recipient, body)?;
-        Ok(id)
-    }
-
-    /// Sends `body` to `recipient` under the id `message`.
-    ///
-    /// # Errors
-    ///
-    /// The connection is closed or the socket failed.
-    pub fn send_with_id(
-        &mut self,
-        message: MessageId,
-        recipient: Recipient,
-        body: &[u8],
-    ) -> Result<(), Error> {
-        self.conn.send(self.clock.now(), message, recipient, body)?;
-        self.flush()
-    }
-
-    /// Sends a `Ping`; the answer arrives as [`Event::Pong`].
-    ///
-    /// # Errors
-    ///
-    /// The connection is closed or the socket failed.
-    pub fn ping(&mut self, nonce: u64) -> Result<(), Error> {
-        self.conn.ping(self.clock.now(), nonce)?;
-        self.flush()
-    }
-
-    /// Sends a control operation (`Request`); its answer arrives as [`Event::Response`].
-    ///
-    /// # Errors
-    ///
-    /// The connection is closed, or the socket failed.
-    pub fn request(&mut self, request_id: u32, op: u16, body: &[u8]) -> Result<(), Error> {
-        self.conn.request(self.clock.now(), request_id, op, body)?;
-        self.flush()
-    }
-
-    /// Acknowledges a delivery the application has stored (see
-    /// [`crate::AckMode::Application`]); the `DeliveryAck` goes out with the next write.
-    ///
-    /// # Errors
-    ///
-    /// The connection is closed or the socket failed.
-    pub fn ack(&mut self, message: MessageId) -> Result<(), Error> {
-        self.conn.ack(self.clock.now(), message)?;
-        self.flush()
-    }
-
-    /// Sends a typing indicator for `conversation`.
-    ///
-    /// # Errors
-    ///
-    /// The connection is closed or the socket failed.
-    pub fn typing(
-        &mut self,
-        conversation: ConversationId,
-        state: TypingState,
-    ) -> Result<(), Error> {
-        self.conn.typing(self.clock.now(), conversation, state)?;
-        self.flush()
-    }
-
-    /// Sends delivered or read receipts for `messages` of `conversation`.
-    ///
-    /// # Errors
-    ///
-    /// The connection is closed or the socket failed.
-    pub fn receipt(
-        &mut self,
-        conversation: ConversationId,
-        kind: ReceiptKind,
-        messages: &[MessageId],
-    ) -> Result<(), Error> {
-        self.conn
-            .receipt(self.clock.now(), conversation, kind, messages)?;
-        self.flush()
-    }
-
-    /// Sets this device's presence.
-    ///
-    /// # Errors
-    ///
-    /// The connection is closed or the socket failed.
-    pub fn set_presence(&mut self, state: PresenceState) -> Result<(), Error> {
-        self.conn.set_presence(self.clock.now(), state)?;
-        self.flush()
-    }
+    session_commands!();
 
     /// Writes everything queued.
     ///
