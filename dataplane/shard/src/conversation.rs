@@ -645,15 +645,9 @@ fn deliver_signal_ref<R: Rng>(shard: &mut Shard<R>, copy: &EnvelopeRef<'_>) {
             })
         }
     };
-    let bound = shard.config.outbound_bytes_max;
-    let room = shard
-        .conns
-        .get_mut(conn)
-        .is_some_and(|c| !c.closing && c.pending_bytes() + frame.encoded_len() <= bound);
-    if room && shard.send_frame(conn, &frame) {
+    if shard.send_best_effort(conn, &frame) {
         shard.stats.signals_forwarded += 1;
     } else {
-        // Best effort: a full session drops it rather than being cut off for it.
         shard.stats.signals_dropped += 1;
     }
 }

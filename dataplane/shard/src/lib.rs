@@ -795,6 +795,19 @@ impl<R: Rng> Shard<R> {
         ok
     }
 
+    /// Queues a best-effort `frame` (typing, receipts, presence) on connection `id` if it
+    /// fits under the outbound bound; returns false, and leaves the connection alone, if it
+    /// does not. Unlike [`Shard::send_frame`], a full session drops it rather than being cut
+    /// off for it.
+    pub(crate) fn send_best_effort(&mut self, id: ConnId, frame: &dp_proto::Frame<'_>) -> bool {
+        let bound = self.config.outbound_bytes_max;
+        let room = self
+            .conns
+            .get_mut(id)
+            .is_some_and(|c| !c.closing && c.pending_bytes() + frame.encoded_len() <= bound);
+        room && self.send_frame(id, frame)
+    }
+
     /// Bytes to write to connection `id`: sealed records (and handshake replies) in order.
     /// After writing some, call [`Shard::handle_written`].
     pub fn poll_transmit(&mut self, now: Instant, id: ConnId) -> &[u8] {
