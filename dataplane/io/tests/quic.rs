@@ -11,32 +11,13 @@
 
 mod common;
 
-use common::{scrape, total, wait_for};
-use commucat_client::{Client, ConnectionConfig, Event, QuicClient};
+use common::{Got, client_config, got, scrape, total, wait_for};
+use commucat_client::{Client, Event, QuicClient};
 use core::time::Duration;
 use dp_core::{DeviceId, MessageId, SeededRng};
 use dp_io::{Backend, Server, ServerConfig};
-use dp_noise::{Cipher, Pattern, StaticKeypair, Suite};
+use dp_noise::StaticKeypair;
 use dp_proto::{ErrorCode, Recipient, SendStatus};
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Got {
-    SendAck(MessageId, SendStatus),
-    Deliver(MessageId, DeviceId, Vec<u8>),
-    GoAway(ErrorCode),
-    Other,
-}
-
-fn got(event: Event) -> Got {
-    match event {
-        Event::SendAck {
-            message, status, ..
-        } => Got::SendAck(message, status),
-        Event::Delivered(d) => Got::Deliver(d.message, d.sender, d.body),
-        Event::GoAway { code, .. } => Got::GoAway(code),
-        _ => Got::Other,
-    }
-}
 
 /// A client on either carrier.
 enum Device {
@@ -75,13 +56,6 @@ impl Device {
         }
         message
     }
-}
-
-fn client_config(server: &[u8; 32], key: &StaticKeypair) -> (ConnectionConfig, SeededRng) {
-    let mut config = ConnectionConfig::new(key.clone(), *server);
-    config.suite = Suite::new(Pattern::Xk, Cipher::ChaChaPoly, true);
-    let seed = u64::from_le_bytes(key.public()[..8].try_into().unwrap());
-    (config, SeededRng::new(seed))
 }
 
 fn config(backend: Backend) -> (ServerConfig, [u8; 32], SeededRng) {

@@ -6,30 +6,23 @@
 //! backend. Every read has a deadline, so a failure fails, never hangs.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use commucat_client::{Client, ConnectionConfig, Event};
+mod common;
+
+use common::{Got, client_config, got};
+use commucat_client::{Client, Event};
 use core::time::Duration;
 use dp_core::{ConversationId, DeviceId, MessageId, SeededRng};
 use dp_io::{Backend, Server, ServerConfig, StartError, UringUnavailable};
-use dp_noise::{Cipher, Pattern, StaticKeypair, Suite};
+use dp_noise::StaticKeypair;
 use dp_proto::{ErrorCode, Recipient, SendStatus};
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Got {
-    SendAck(MessageId, SendStatus),
-    Deliver(MessageId, DeviceId, Vec<u8>),
-    GoAway(ErrorCode),
-    Other,
-}
 
 fn connect(
     addr: std::net::SocketAddr,
     server: &[u8; 32],
     key: &StaticKeypair,
 ) -> Client<SeededRng> {
-    let mut config = ConnectionConfig::new(key.clone(), *server);
-    config.suite = Suite::new(Pattern::Xk, Cipher::ChaChaPoly, true);
-    let seed = u64::from_le_bytes(key.public()[..8].try_into().unwrap());
-    Client::connect(addr, config, SeededRng::new(seed)).unwrap()
+    let (config, rng) = client_config(server, key);
+    Client::connect(addr, config, rng).unwrap()
 }
 
 /// The next event (the client library acknowledges every delivery itself).
@@ -38,14 +31,7 @@ fn next(client: &mut Client<SeededRng>) -> Got {
         .next_event(Duration::from_secs(10))
         .unwrap()
         .expect("an event before the deadline");
-    match event {
-        Event::SendAck {
-            message, status, ..
-        } => Got::SendAck(message, status),
-        Event::Delivered(d) => Got::Deliver(d.message, d.sender, d.body),
-        Event::GoAway { code, .. } => Got::GoAway(code),
-        _ => Got::Other,
-    }
+    got(event)
 }
 
 fn send_to(client: &mut Client<SeededRng>, to: DeviceId, id: u8, body: &[u8]) -> MessageId {
